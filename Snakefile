@@ -1,0 +1,19 @@
+# Long-tail instance segmentation on LVIS: "Balanced Mosaic and Double Classifier" (LVIS Challenge 2020) as a
+# Snakemake workflow. `snakemake --cores all` reproduces Table 1 on the embedded demo dataset; see README.md.
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/stats.smk"
+include: "rules/train.smk"
+include: "rules/test.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,1 @@
+"""Data augmentation: balanced mosaic and strong augmentation for pseudo-labelled images."""

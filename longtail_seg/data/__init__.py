@@ -1,0 +1,1 @@
+"""Dataset reading, validation, mask decoding and the embedded synthetic long-tail dataset."""

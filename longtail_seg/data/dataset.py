@@ -1,0 +1,158 @@
+"""Torch Dataset over an LVIS/COCO annotation file: images as float tensors, targets in torchvision's detection format.
+
+Labels are contiguous 1..C (0 is background, torchvision convention) in the order of ``category_ids``. Annotations
+are indexed per image once at construction, so ``__getitem__`` only decodes one image and its own masks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from longtail_seg.data.lvis_io import DatasetError, image_path, load_lvis
+from longtail_seg.data.masks import decode_segmentation
+
+Target = dict[str, Any]
+Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
+
+
+class _ImageAnnotations:
+    """The non-crowd annotations of one image as arrays (boxes xyxy, category ids) plus raw segmentations."""
+
+    __slots__ = ("boxes", "category_ids", "segmentations")
+
+    def __init__(self, anns: list[dict]) -> None:
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+        self.boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        self.category_ids = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        self.segmentations = [a.get("segmentation") for a in anns]
+
+
+class LVISDetectionDataset(torch.utils.data.Dataset):
+    """LVIS/COCO instance-segmentation dataset returning ``(image [3,H,W] float in [0,1], target dict)``.
+
+    ``target`` holds ``boxes`` (float32 [N,4] xyxy pixels), ``labels`` (int64 [N], 1..C), ``masks`` (uint8
+    [N,H,W], only when ``with_masks``), ``image_id`` (int) and ``orig_size`` ((H, W) before transforms).
+    Crowd annotations (``iscrowd=1``) are skipped. ``transforms`` is called as ``transforms(image, target)``.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike,
+        image_root: str | os.PathLike,
+        transforms: Transform | None = None,
+        category_ids: Sequence[int] | None = None,
+        with_masks: bool = True,
+    ) -> None:
+        self.annotation_file = str(annotation_file)
+        self.image_root = image_root
+        self.transforms = transforms
+        self.with_masks = with_masks
+        data = load_lvis(annotation_file, image_root=image_root, require_annotations=False)
+        file_category_ids = sorted(c["id"] for c in data["categories"])
+        self.category_ids: list[int] = list(category_ids) if category_ids is not None else file_category_ids
+        if len(set(self.category_ids)) != len(self.category_ids):
+            raise DatasetError(f"{annotation_file}: category_ids passed to the dataset contain duplicates")
+        self._label_of = {cid: label for label, cid in enumerate(self.category_ids, start=1)}
+        self.images: list[dict] = list(data["images"])
+        self.image_ids: list[int] = [im["id"] for im in self.images]
+        self._annotations = self._index_annotations(data.get("annotations", []))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes C (labels run 1..C; 0 is background)."""
+        return len(self.category_ids)
+
+    def label_of(self, category_id: int) -> int:
+        """Contiguous label (1..C) of a dataset category id."""
+        try:
+            return self._label_of[category_id]
+        except KeyError:
+            raise KeyError(f"category id {category_id} is not one of the dataset's {self.num_classes} categories") from None
+
+    def category_of(self, label: int) -> int:
+        """Dataset category id of a contiguous label (1..C)."""
+        if not 1 <= label <= self.num_classes:
+            raise KeyError(f"label {label} is outside 1..{self.num_classes} (0 is background)")
+        return self.category_ids[label - 1]
+
+    def image_category_ids(self, index: int) -> set[int]:
+        """Category ids present (non-crowd) in the image at ``index``; what class-aware / RFS samplers index on."""
+        return set(self._annotations[index].category_ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        record = self.images[index]
+        image = self._load_image(record)
+        target = self._build_target(index, record)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def _index_annotations(self, annotations: list[dict]) -> list[_ImageAnnotations]:
+        """Group non-crowd annotations per image (dataset order), checking categories and segmentations once."""
+        position = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        per_image: list[list[dict]] = [[] for _ in self.images]
+        for ann in annotations:
+            if ann.get("iscrowd", 0):
+                continue
+            if ann["category_id"] not in self._label_of:
+                raise DatasetError(
+                    f"{self.annotation_file}: annotation id {ann['id']}: category_id {ann['category_id']} is not in "
+                    "the category_ids given to the dataset; pass the full category list of this file"
+                )
+            if self.with_masks and not ann.get("segmentation"):
+                raise DatasetError(
+                    f"{self.annotation_file}: annotation id {ann['id']}: no 'segmentation'; "
+                    "add one or build the dataset with with_masks=False"
+                )
+            per_image[position[ann["image_id"]]].append(ann)
+        return [_ImageAnnotations(anns) for anns in per_image]
+
+    def _load_image(self, record: dict) -> torch.Tensor:
+        """Decode an image file to a float32 [3,H,W] tensor in [0,1], checking its size against the record."""
+        path = image_path(record, self.image_root)
+        with Image.open(path) as pil:
+            array = np.array(pil.convert("RGB"))  # writable copy: torch.from_numpy warns on read-only arrays
+        height, width = array.shape[:2]
+        if (height, width) != (record["height"], record["width"]):
+            raise DatasetError(
+                f"{self.annotation_file}: image id {record['id']}: file {path} is {width}x{height} but the record "
+                f"says {record['width']}x{record['height']}; fix the record or the file"
+            )
+        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+    def _build_target(self, index: int, record: dict) -> Target:
+        anns = self._annotations[index]
+        height, width = record["height"], record["width"]
+        labels = np.fromiter((self._label_of[c] for c in anns.category_ids.tolist()), np.int64, len(anns.category_ids))
+        target: Target = {
+            "boxes": torch.from_numpy(anns.boxes.copy()),
+            "labels": torch.from_numpy(labels),
+            "image_id": int(record["id"]),
+            "orig_size": (int(height), int(width)),
+        }
+        if self.with_masks:
+            target["masks"] = self._decode_masks(anns, record)
+        return target
+
+    def _decode_masks(self, anns: _ImageAnnotations, record: dict) -> torch.Tensor:
+        height, width = record["height"], record["width"]
+        if not anns.segmentations:
+            return torch.zeros((0, height, width), dtype=torch.uint8)
+        masks = np.stack([decode_segmentation(seg, height, width) for seg in anns.segmentations])
+        return torch.from_numpy(masks)
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """Collate detection samples into (list of images, list of targets); images keep their own sizes."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets

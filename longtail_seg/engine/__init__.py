@@ -1,0 +1,1 @@
+"""Training loops: representation learning, classifier retraining, checkpoints and resume."""

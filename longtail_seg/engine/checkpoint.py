@@ -1,0 +1,94 @@
+"""Training-state checkpoints (model, optimizer, progress, RNG states) for automatic resume.
+
+``checkpoints/last.pth`` is rewritten atomically every N iterations; a restarted job (e.g. a killed
+Snakemake job run again) loads it and continues from the saved iteration. The final, inference-only
+detector file is written by ``longtail_seg.models.detector.save_checkpoint`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from longtail_seg.io_utils import atomic_path
+
+CHECKPOINT_FORMAT = "longtail_seg.training_state.v1"
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands: the (0-based) epoch, batches done in it, global iterations done, log rows."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    iteration: int = 0
+    log_rows: list[dict[str, float]] = field(default_factory=list)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + CUDA) generator states, to continue the same random streams."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng_state`` (CUDA states only when the same number of devices is visible)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda")
+    if cuda_states is not None and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def save_training_state(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: TrainingProgress,
+    train_cfg: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write model/optimizer/progress/RNG states to ``path`` (a killed write leaves the old file)."""
+    model = model.module if hasattr(model, "module") else model
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": asdict(progress),
+        "rng": capture_rng_state(),
+        "train_cfg": dict(train_cfg or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_training_state(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> TrainingProgress:
+    """Load a ``save_training_state`` file into ``model`` (and ``optimizer``); return the saved progress."""
+    payload = torch.load(Path(path), map_location=map_location, weights_only=False)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a training-state checkpoint (format {payload.get('format')!r}); "
+            f"delete it to train from scratch"
+        )
+    model = model.module if hasattr(model, "module") else model
+    model.load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if restore_rng:
+        restore_rng_state(payload["rng"])
+    return TrainingProgress(**payload["progress"])

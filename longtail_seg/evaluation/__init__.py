@@ -1,0 +1,1 @@
+"""LVIS evaluation (hotcoco) and ablation tables."""

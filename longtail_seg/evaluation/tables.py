@@ -1,0 +1,45 @@
+"""Ablation tables (the report's Tables 1-3) assembled from cached metrics.json files."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import pandas as pd
+
+from longtail_seg.io_utils import atomic_path, atomic_write_text
+
+TABLE_METRICS = ("AP", "APr", "APc", "APf")
+
+
+def build_table(rows: Sequence[dict], metrics: Sequence[dict]) -> pd.DataFrame:
+    """One row per ablation step: mask metrics as AP,APr,APc,APf and box metrics as bbox_AP,...; values in percent."""
+    if len(rows) != len(metrics):
+        raise ValueError(f"{len(rows)} table rows but {len(metrics)} metrics files")
+    records = []
+    for row, metric in zip(rows, metrics):
+        record = {"model": row["label"]}
+        for iou_type, prefix in (("segm", ""), ("bbox", "bbox_")):
+            values = metric.get(iou_type, {})
+            for name in TABLE_METRICS:
+                record[prefix + name] = round(float(values[name]), 1) if name in values else float("nan")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def table_to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-markdown table, numbers with one decimal like the report."""
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" if c == "model" else "---:" for c in table.columns) + "|"
+    lines = [header, rule]
+    for _, row in table.iterrows():
+        cells = [str(v) if isinstance(v, str) else f"{v:.1f}" for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
+    """Write the table as CSV and markdown, atomically."""
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_text(md_path, table_to_markdown(table))

@@ -1,0 +1,1 @@
+"""Inference: single-scale prediction to LVIS results JSON, test-time augmentation."""

@@ -1,0 +1,1 @@
+"""Detector construction: backbones, Mask R-CNN with FPN, replaceable box classifiers."""

@@ -1,0 +1,112 @@
+"""Replaceable box classifiers for the RoI heads.
+
+The box head of Mask R-CNN ends in two parts kept apart here: a class-agnostic-interface box
+*regressor* (``BoxRegressor``) and a box *classifier*. Every classifier implements the same three
+calls, so later steps of the report (balanced group softmax, the double classifier) can swap the
+classifier without touching the RoI heads:
+
+    logits = classifier(features)          # features [R, D] -> logits (any structure)
+    loss = classifier.loss(logits, labels)  # labels int64 [R] in 0..C (0 = background) -> scalar
+    probs = classifier.scores(logits)       # -> probabilities [R, C+1], background in column 0
+
+The RoI heads never look inside ``logits``: a classifier may return a tensor, a tuple or a dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSIFIER_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register_classifier(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a classifier buildable by ``name`` from the ``model.classifier`` config."""
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in CLASSIFIER_REGISTRY and CLASSIFIER_REGISTRY[name] is not cls:
+            raise ValueError(f"classifier name {name!r} is already registered to {CLASSIFIER_REGISTRY[name]}")
+        CLASSIFIER_REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+@register_classifier("softmax")
+class SoftmaxClassifier(nn.Module):
+    """Plain (C+1)-way softmax classifier: torchvision's FastRCNNPredictor ``cls_score`` layer."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        """``num_classes`` counts foreground classes only (C); the layer outputs C+1 logits."""
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> "SoftmaxClassifier":
+        """Build from the ``model.classifier`` config section (no extra keys for plain softmax)."""
+        _reject_unknown_keys(cfg, allowed={"type"}, what="softmax classifier")
+        return cls(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [R, C+1] for RoI features [R, D] (flattened if needed)."""
+        return self.cls_score(features.flatten(start_dim=1))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over sampled RoIs (labels in 0..C, 0 = background)."""
+        return F.cross_entropy(logits, labels)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [R, C+1], background in column 0."""
+        return F.softmax(logits, dim=-1)
+
+
+class BoxRegressor(nn.Module):
+    """Class-specific box deltas: torchvision's FastRCNNPredictor ``bbox_pred`` layer, 4*(C+1) outputs."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.bbox_pred = nn.Linear(in_features, 4 * (num_classes + 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Box deltas [R, 4*(C+1)] for RoI features [R, D]."""
+        return self.bbox_pred(features.flatten(start_dim=1))
+
+
+class BoxPredictor(nn.Module):
+    """FastRCNNPredictor split in two replaceable parts: ``classifier`` and ``box_regressor``.
+
+    ``forward`` returns ``(class_logits, box_deltas)`` like FastRCNNPredictor, so torchvision code
+    that calls ``box_predictor(features)`` keeps working.
+    """
+
+    def __init__(self, classifier: nn.Module, box_regressor: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.box_regressor = box_regressor
+
+    def forward(self, features: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """Classifier logits (opaque) and box deltas for RoI features [R, D]."""
+        return self.classifier(features), self.box_regressor(features)
+
+
+def build_classifier(cfg: dict[str, Any] | None, in_features: int, num_classes: int) -> nn.Module:
+    """Build the box classifier named by ``cfg["type"]`` (default ``softmax``) from the registry."""
+    cfg = dict(cfg or {})
+    name = cfg.get("type", "softmax")
+    if name not in CLASSIFIER_REGISTRY:
+        raise ValueError(
+            f"unknown model.classifier.type {name!r}; registered classifiers: {sorted(CLASSIFIER_REGISTRY)}. "
+            "Register new ones with @register_classifier(name) in longtail_seg/models/classifiers.py."
+        )
+    return CLASSIFIER_REGISTRY[name].from_config(cfg, in_features, num_classes)
+
+
+def _reject_unknown_keys(cfg: dict[str, Any], allowed: set[str], what: str) -> None:
+    """Raise a clear error for config keys a module does not understand (typos fail loudly)."""
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in the {what} config; allowed: {sorted(allowed)}")

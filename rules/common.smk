@@ -1,0 +1,93 @@
+import json
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASET = config["dataset"]
+if DATASET not in config["datasets"]:
+    raise ValueError(
+        f"config: dataset '{DATASET}' is not defined under 'datasets' "
+        f"(defined: {sorted(config['datasets'])}); add it or pick one of those"
+    )
+
+SPLITS = ["train", "val", "unlabeled"]
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_.-]+",
+    model="[A-Za-z0-9_.-]+",
+    test="[A-Za-z0-9_.-]+",
+
+
+def dataset_config(dataset):
+    """The `datasets` entry of a dataset name, with a clear error for an unknown one."""
+    if dataset not in config["datasets"]:
+        raise ValueError(f"config: no entry '{dataset}' under 'datasets'")
+    return config["datasets"][dataset]
+
+
+def is_synthetic(dataset):
+    return dataset_config(dataset)["source"] == "synthetic"
+
+
+def annotation_file(dataset, split):
+    """Annotation JSON of a split: generated under data/ for the synthetic dataset, from config otherwise."""
+    if is_synthetic(dataset):
+        return f"data/{dataset}/annotations/{split}.json"
+    return dataset_config(dataset)[f"{split}_json"]
+
+
+def image_root(dataset):
+    """Folder that image records' file names are relative to."""
+    if is_synthetic(dataset):
+        return f"data/{dataset}/images"
+    return dataset_config(dataset)["image_root"]
+
+
+def stats_dir(dataset):
+    return f"results/{dataset}/stats"
+
+
+def as_json(section):
+    """A config section as a JSON string for a workflow script's command line (shell-quoted by the rule)."""
+    return json.dumps(section, sort_keys=True)
+
+
+def table_rows(table):
+    """The (label, model, test) rows of an ablation table, from config['tables']."""
+    return config["tables"][table]
+
+
+def metrics_file(dataset, model, test):
+    return f"results/{dataset}/eval/{model}/{test}/metrics.json"
+
+
+def table_metrics(wildcards):
+    """Every metrics.json a table needs: one per row."""
+    return [
+        metrics_file(wildcards.dataset, row["model"], row["test"])
+        for row in table_rows(wildcards.table)
+    ]
+
+
+def models_of_stage(stage):
+    return [name for name, m in config["models"].items() if m["stage"] == stage]
+
+
+def train_settings(model):
+    """The `train` section with the model's own overrides applied (e.g. the uniform-sampling baseline)."""
+    return {**config["train"], **config["models"][model].get("train", {})}
+
+
+def all_targets():
+    """Default target: the ablation tables of the configured dataset."""
+    return [
+        f"results/{DATASET}/tables/{table}.{ext}"
+        for table in config["tables"]
+        for ext in ("csv", "md")
+    ]

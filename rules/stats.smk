@@ -1,0 +1,37 @@
+rule dataset_stats:
+    """Per-category counts, LVIS groups, repeat factors, sampling probabilities and BGS bins of the train split."""
+    input:
+        annotations=lambda wc: annotation_file(wc.dataset, "train"),
+    output:
+        categories="results/{dataset}/stats/category_stats.csv",
+        images="results/{dataset}/stats/image_repeat_factors.csv",
+        summary="results/{dataset}/stats/summary.json",
+        plot="results/{dataset}/stats/long_tail.png",
+    log:
+        "logs/{dataset}/dataset_stats.log",
+    benchmark:
+        "benchmarks/out/{dataset}/dataset_stats.tsv"
+    conda:
+        "../envs/longtail_seg.yaml"
+    params:
+        threshold=config["stats"]["rfs_threshold"],
+        bins=" ".join(str(b) for b in config["stats"]["bgs_bins"]),
+    shell:
+        "python workflow_scripts/dataset_stats.py --annotations {input.annotations}"
+        " --out-dir results/{wildcards.dataset}/stats --rfs-threshold {params.threshold}"
+        " --bgs-bins {params.bins} > {log} 2>&1"
+
+
+rule stats:
+    """Target: the dataset statistics of the configured dataset."""
+    input:
+        expand(
+            "results/{dataset}/stats/{name}",
+            dataset=DATASET,
+            name=[
+                "category_stats.csv",
+                "image_repeat_factors.csv",
+                "summary.json",
+                "long_tail.png",
+            ],
+        ),

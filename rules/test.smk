@@ -1,0 +1,43 @@
+rule infer:
+    """Run a trained model on the val split and write LVIS results JSON (boxes and RLE masks, <= 300 per image)."""
+    input:
+        model="results/{dataset}/models/{model}/model_final.pth",
+        annotations=lambda wc: annotation_file(wc.dataset, "val"),
+        images=lambda wc: image_root(wc.dataset),
+    output:
+        predictions="results/{dataset}/predictions/{model}/{test}.json",
+    log:
+        "logs/{dataset}/infer/{model}/{test}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/infer/{model}/{test}.tsv"
+    conda:
+        "../envs/longtail_seg.yaml"
+    threads: config["compute"]["infer_threads"]
+    resources:
+        gpu=min(config["compute"]["gpus"], 1),
+        mem_mb=config["compute"]["infer_mem_mb"],
+        runtime=config["compute"]["infer_runtime_min"],
+    params:
+        test_cfg=lambda wc: as_json(config["tests"][wc.test]),
+    shell:
+        "python workflow_scripts/infer.py --checkpoint {input.model} --annotations {input.annotations}"
+        " --image-root {input.images} --test-cfg '{params.test_cfg}' --out {output.predictions}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file with hotcoco."""
+    input:
+        predictions="results/{dataset}/predictions/{model}/{test}.json",
+        annotations=lambda wc: annotation_file(wc.dataset, "val"),
+    output:
+        metrics="results/{dataset}/eval/{model}/{test}/metrics.json",
+    log:
+        "logs/{dataset}/evaluate/{model}/{test}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/evaluate/{model}/{test}.tsv"
+    conda:
+        "../envs/longtail_seg.yaml"
+    shell:
+        "python workflow_scripts/evaluate.py --annotations {input.annotations}"
+        " --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"

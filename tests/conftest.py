@@ -1,0 +1,48 @@
+"""Shared fixtures: small hand-made LVIS-format datasets written to a temporary folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_lvis(path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
+    """Write an LVIS-format dict to ``path`` and return the path."""
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def box_annotation(ann_id: int, image_id: int, category_id: int, bbox: list[float]) -> dict:
+    """An annotation whose polygon segmentation is its box."""
+    x, y, w, h = bbox
+    polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
+            "area": w * h, "segmentation": [polygon]}
+
+
+@pytest.fixture
+def small_lvis(tmp_path: Path) -> tuple[Path, Path]:
+    """Three 32x32 images with files on disk, three categories, four box-shaped annotations."""
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    images = []
+    for image_id in (1, 2, 3):
+        name = f"{image_id:06d}.png"
+        Image.fromarray(np.full((32, 32, 3), 40 * image_id, dtype=np.uint8)).save(image_root / name)
+        images.append({"id": image_id, "file_name": name, "height": 32, "width": 32,
+                       "neg_category_ids": [], "not_exhaustive_category_ids": []})
+    categories = [{"id": c, "name": f"cat{c}", "frequency": "f", "image_count": 0, "instance_count": 0}
+                  for c in (1, 2, 3)]
+    annotations = [
+        box_annotation(1, 1, 1, [2, 2, 10, 10]),
+        box_annotation(2, 1, 1, [15, 15, 5, 5]),
+        box_annotation(3, 2, 2, [0, 0, 8, 16]),
+        box_annotation(4, 3, 1, [4, 4, 4, 4]),
+    ]
+    return write_lvis(tmp_path / "train.json", images, annotations, categories), image_root

@@ -1,0 +1,33 @@
+"""Assemble an ablation table from metrics.json files (one per row, in row order) into CSV and markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from longtail_seg.data.lvis_io import load_json  # noqa: E402
+from longtail_seg.evaluation.tables import build_table, table_to_markdown, write_table  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", required=True, help='JSON list of rows: [{"label": ..., "model": ..., "test": ...}]')
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json per row, in row order")
+    parser.add_argument("--out-csv", required=True)
+    parser.add_argument("--out-md", required=True)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    rows = json.loads(args.rows)
+    table = build_table(rows, [load_json(path) for path in args.metrics])
+    write_table(table, args.out_csv, args.out_md)
+    print(table_to_markdown(table))
+
+
+if __name__ == "__main__":
+    main(parse_args())
