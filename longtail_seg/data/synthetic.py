@@ -3,7 +3,7 @@
 192 categories = 8 shapes x 6 colours x 4 marks (none, dark dot, short bar, thin outline). The unmarked
 categories plus two per mark take the head of a log-linear long tail; every rare category is therefore a
 marked variant of a more frequent parent, the fine-grained confusion that decoupled classifier retraining fixes
-(see /work/shared/demo_targets.md, "data C"). Generation runs in two stages: :func:`plan_split` samples the
+("data C" of the demo design notes, measured to give an LVIS-like gap). Generation runs in two stages: :func:`plan_split` samples the
 layout of every image (categories, sizes, positions, occlusion checked on masks, no pixels), and
 :func:`render_image` paints one planned image; both are deterministic for a seed.
 """
@@ -398,7 +398,9 @@ def plan_dataset(
 ) -> tuple[list[Category], dict[str, list[ImageLayout]]]:
     """Categories and the layouts of all three splits; image ids run 1.. across train, val, unlabeled."""
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size {image_size} is too small for recognisable shapes and marks; use >= {MIN_IMAGE_SIZE}")
+        raise ValueError(
+            f"image_size {image_size} is too small for recognisable shapes and marks; use >= {MIN_IMAGE_SIZE}"
+        )
     for name, value in (("num_train", num_train), ("num_val", num_val), ("num_unlabeled", num_unlabeled)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")

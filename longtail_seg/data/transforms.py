@@ -98,7 +98,8 @@ def resize(image: torch.Tensor, target: Target, size: tuple[int, int]) -> tuple[
 def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *size))
-    return F.interpolate(masks[None], size=size, mode="nearest-exact")[0]
+    # float nearest is ~2x faster than the uint8 kernel on CPU and exact for 0/1 values
+    return F.interpolate(masks[None].float(), size=size, mode="nearest-exact")[0].to(masks.dtype)
 
 
 class RandomHorizontalFlip:

@@ -176,9 +176,9 @@ def test_evaluate_script_writes_metrics(hand_gt: Path, tmp_path: Path, capsys: p
 # ---------------------------------------------------------------- parity with lvis-api 0.5.3
 
 def random_lvis(tmp_path: Path, seed: int = 0) -> tuple[Path, list[dict]]:
-    """30 images, 12 categories (4 r / 4 c / 4 f), neg and not-exhaustive lists, and noisy detections."""
+    """30 images, 12 categories (4 r / 4 c / 4 f), neg and not-exhaustive lists, noisy detections (>300 on one)."""
     rng = np.random.default_rng(seed)
-    height, width = 120, 160
+    height, width = 150, 200
     frequencies = ["r"] * 4 + ["c"] * 4 + ["f"] * 4
     category_ids = np.arange(1, 13)
     weights = np.array([1] * 4 + [3] * 4 + [8] * 4, dtype=float)
@@ -193,7 +193,7 @@ def random_lvis(tmp_path: Path, seed: int = 0) -> tuple[Path, list[dict]]:
         return (mask ^ (flips & (np.abs(xx - cx) < w / 2) & (np.abs(yy - cy) < h / 2))).astype(np.uint8)
 
     def random_box() -> tuple[float, float, float, float]:
-        w, h = rng.uniform(6, 110), rng.uniform(6, 100)
+        w, h = rng.uniform(6, 170), rng.uniform(6, 140)
         return rng.uniform(0, width - w), rng.uniform(0, height - h), w, h
 
     for image_id in range(1, 31):
@@ -219,6 +219,10 @@ def random_lvis(tmp_path: Path, seed: int = 0) -> tuple[Path, list[dict]]:
             results.append(detection(image_id, category, random_mask(*random_box()), float(rng.random())))
         if negatives:
             results.append(detection(image_id, negatives[0], random_mask(*random_box()), float(rng.random())))
+        if image_id == 1:  # more than 300 detections: both evaluators keep the 300 best-scored
+            for _ in range(305):
+                category = int(rng.choice(sorted(present) + negatives))
+                results.append(detection(image_id, category, random_mask(*random_box()), float(rng.random())))
     categories = [{"id": int(c), "name": f"cat{c}", "frequency": f} for c, f in zip(category_ids, frequencies)]
     path = tmp_path / "random_gt.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -236,7 +240,8 @@ def test_matches_reference_lvis_api(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         reference = lvis.LVISEval(reference_gt, lvis.LVISResults(reference_gt, copy.deepcopy(results)), iou_type)
         reference.run()
         expected = reference.get_results()
-        assert 0.05 < expected["AP"] < 0.95  # a non-trivial score, so the comparison means something
+        for key in GROUP_KEYS + ("APs", "APm", "APl"):  # non-trivial scores, so the comparison means something
+            assert 0.05 < expected[key] < 0.95, (iou_type, key, expected[key])
         for key in GROUP_KEYS + ("APs", "APm", "APl"):
             ours_fraction = -1.0 if ours[iou_type][key] is None else ours[iou_type][key] / 100
             assert ours_fraction == pytest.approx(expected[key], abs=1e-6), (iou_type, key)

@@ -1,0 +1,125 @@
+"""Training loop: loss goes down, outputs are written, resume after SIGKILL, NaN fails clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from longtail_seg.engine.checkpoint import load_training_state
+from longtail_seg.engine.train import TrainConfig, train
+from longtail_seg.models.detector import build_detector, load_detector
+from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(**overrides) -> dict:
+    cfg = {"batch_size": 4, "epochs": 10, "lr": 3e-3, "warmup_iters": 5, "checkpoint_period": 10,
+           "log_period": 4, "num_workers": 0, "progress_bar": False, "seed": 0, "lr_schedule": "constant"}
+    cfg.update(overrides)
+    return cfg
+
+
+def test_loss_decreases_and_outputs_are_written(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dataset = FakeDetectionDataset(num_images=8, size=64)
+    model = build_detector(TEST_MODEL_CFG, dataset.num_classes)
+    result = train(model, dataset, OrderedSampler(8), _cfg(epochs=16), tmp_path, "cpu", collate_fn=collate)
+    assert result.iteration == 16 * 2 and result.epoch == 16 and result.resumed_from_iteration == 0
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics["iteration"]) == list(range(4, 33, 4))
+    for column in ("lr", "loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "images_per_s"):
+        assert column in metrics.columns
+    first, last = metrics["loss"].iloc[:2].mean(), metrics["loss"].iloc[-2:].mean()
+    assert last < 0.7 * first, (first, last)
+    loaded, meta = load_detector(tmp_path / "model_final.pth")
+    assert meta["category_ids"] == dataset.category_ids and meta["iteration"] == 32
+    assert (tmp_path / "checkpoints" / "last.pth").exists()
+    assert not [p for p in tmp_path.rglob("*.tmp*")]
+
+
+def test_unknown_train_key_fails() -> None:
+    with pytest.raises(ValueError, match="bach_size"):
+        TrainConfig.from_dict({"bach_size": 2})
+    with pytest.raises(ValueError, match="train.batch_size"):
+        TrainConfig.from_dict({"batch_size": 0})
+
+
+def _run_worker(out_dir: Path, max_iterations: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.engine._train_worker", str(out_dir), str(max_iterations)],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_resume_after_sigkill_continues_from_checkpoint(tmp_path: Path) -> None:
+    total = 80
+    killed_dir = tmp_path / "killed"
+    checkpoint = killed_dir / "checkpoints" / "last.pth"
+    process = _run_worker(killed_dir, total)
+    deadline = time.time() + 60
+    while not checkpoint.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, "no checkpoint written within 60 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "model_final.pth").exists(), "run finished before the kill; raise `total`"
+    saved = load_training_state(checkpoint, build_detector(TEST_MODEL_CFG, 3), restore_rng=False)
+    assert 0 < saved.iteration < total
+
+    restarted = _run_worker(killed_dir, total)
+    stdout, stderr = restarted.communicate(timeout=120)
+    assert restarted.returncode == 0, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result == {"iteration": total, "resumed_from": saved.iteration}
+    metrics = pd.read_csv(killed_dir / "metrics.csv")
+    assert list(metrics["iteration"]) == list(range(2, total + 1, 2))  # no gap, no duplicate rows
+
+    # the resumed run ends with the same weights as an uninterrupted one (same seed, same data order)
+    straight_dir = tmp_path / "straight"
+    straight = _run_worker(straight_dir, total)
+    _, stderr = straight.communicate(timeout=120)
+    assert straight.returncode == 0, stderr
+    resumed_model, _ = load_detector(killed_dir / "model_final.pth")
+    straight_model, _ = load_detector(straight_dir / "model_final.pth")
+    for (name, a), b in zip(resumed_model.state_dict().items(), straight_model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wrap a detector: from the given call on, its box-regression loss is NaN."""
+
+    def __init__(self, model: torch.nn.Module, bad_call: int) -> None:
+        super().__init__()
+        self.model = model
+        self.model_cfg = model.model_cfg
+        self.num_classes = model.num_classes
+        self.bad_call = bad_call
+        self.calls = 0
+
+    def forward(self, images, targets):
+        losses = self.model(images, targets)
+        self.calls += 1
+        if self.calls > self.bad_call:
+            losses["loss_box_reg"] = losses["loss_box_reg"] * float("nan")
+        return losses
+
+
+def test_nan_loss_fails_naming_iteration_and_term(tmp_path: Path) -> None:
+    dataset = FakeDetectionDataset(num_images=8, size=48)
+    model = _NaNAfter(build_detector(TEST_MODEL_CFG, 3), bad_call=3)
+    with pytest.raises(FloatingPointError, match=r"iteration 3 .*loss_box_reg") as error:
+        train(model, dataset, OrderedSampler(8), _cfg(batch_size=2), tmp_path, "cpu", collate_fn=collate)
+    assert "loss_classifier" not in str(error.value).split("[")[0]
+    assert not (tmp_path / "model_final.pth").exists()
