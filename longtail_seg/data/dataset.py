@@ -73,7 +73,8 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
         try:
             return self._label_of[category_id]
         except KeyError:
-            raise KeyError(f"category id {category_id} is not one of the dataset's {self.num_classes} categories") from None
+            message = f"category id {category_id} is not one of the dataset's {self.num_classes} categories"
+            raise KeyError(message) from None
 
     def category_of(self, label: int) -> int:
         """Dataset category id of a contiguous label (1..C)."""

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Union
 
@@ -40,7 +41,7 @@ def load_results(results: Results) -> list[dict]:
 
 def _check_results(results: list[dict], gt: Any, iou_types: Iterable[str], source: str) -> None:
     """Fail early, naming the record, on detections hotcoco would silently drop or reject."""
-    image_ids, category_ids = set(gt.get_img_ids()), set(gt.get_cat_ids())
+    images, category_ids = gt.imgs, set(gt.get_cat_ids())
     needs_segm = "segm" in iou_types
     for index, result in enumerate(results):
         missing = {"image_id", "category_id", "bbox", "score"} - set(result)
@@ -50,9 +51,15 @@ def _check_results(results: list[dict], gt: Any, iou_types: Iterable[str], sourc
             fix = " (segm evaluation needs masks: run inference with masks or use --iou-types bbox)" \
                 if "segmentation" in missing else ""
             raise ValueError(f"{source}: result {index} lacks {sorted(missing)}{fix}")
-        if result["image_id"] not in image_ids:
+        image = images.get(result["image_id"])
+        if image is None:
             raise ValueError(f"{source}: result {index} has image_id {result['image_id']} that is not in the "
                              "ground truth; predictions and annotations come from different splits")
+        size = result.get("segmentation", {}).get("size") if needs_segm else None
+        if size is not None and list(size) != [image["height"], image["width"]]:
+            raise ValueError(f"{source}: result {index} has a {size[0]}x{size[1]} mask on image "
+                             f"{result['image_id']} of {image['height']}x{image['width']}; encode masks at the "
+                             "original image size (pass scale= to detections_to_lvis_results)")
         if result["category_id"] not in category_ids:
             raise ValueError(f"{source}: result {index} has category_id {result['category_id']} that is not "
                              "in the ground truth categories; check the label -> category id mapping")
@@ -70,7 +77,8 @@ def _evaluate_one(gt: Any, results: list[dict], iou_type: str, max_dets: int) ->
     detections = hotcoco.LVISResults(gt, results, max_dets=max_dets)
     evaluator = hotcoco.LVISEval(gt, detections, iou_type)
     evaluator.params.max_dets = [max_dets]
-    with contextlib.redirect_stdout(io.StringIO()):  # summarize() prints the lvis-api table
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # summarize() prints a table
+        warnings.filterwarnings("ignore", message=".*max_dets differ.*")  # concerns AR lines, not reported here
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

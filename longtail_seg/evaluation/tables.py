@@ -22,7 +22,8 @@ def build_table(rows: Sequence[dict], metrics: Sequence[dict]) -> pd.DataFrame:
         for iou_type, prefix in (("segm", ""), ("bbox", "bbox_")):
             values = metric.get(iou_type, {})
             for name in TABLE_METRICS:
-                record[prefix + name] = round(float(values[name]), 1) if name in values else float("nan")
+                value = values.get(name)  # None: the split has no ground truth of that group
+                record[prefix + name] = float("nan") if value is None else round(float(value), 1)
         records.append(record)
     return pd.DataFrame.from_records(records)
 

@@ -149,6 +149,9 @@ def test_bad_results_name_the_record(hand_gt: Path) -> None:
     with pytest.raises(ValueError, match="segmentation"):
         evaluate_lvis(hand_gt, no_masks)
     assert evaluate_lvis(hand_gt, no_masks, iou_types=("bbox",))["bbox"]["AP"] == pytest.approx(100.0)
+    wrong_size = gt_as_detections(hand_gt) + [detection(1, 1, np.ones((SIZE // 2, SIZE), np.uint8), 0.1)]
+    with pytest.raises(ValueError, match="result 6 has a 32x64 mask"):
+        evaluate_lvis(hand_gt, wrong_size)
 
 
 def test_write_metrics_round_trips(tmp_path: Path) -> None:

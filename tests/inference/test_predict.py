@@ -179,3 +179,22 @@ def test_predict_dataset_runs_the_model_over_every_image(tmp_path: Path) -> None
     write_results(tmp_path / "pred" / "val.json", results)
     assert json.loads((tmp_path / "pred" / "val.json").read_text()) == results
     assert [p.name for p in (tmp_path / "pred").iterdir()] == ["val.json"]
+
+
+class HalfSizeDataset(StandInDataset):
+    """The same images given to the model at half size (a test transform), with the original size in the target."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target = super().__getitem__(index)
+        height, width = image.shape[-2:]
+        return image, {**target, "orig_size": (2 * height, 2 * width)}
+
+
+def test_predict_dataset_maps_resized_detections_back_to_original_size() -> None:
+    results = predict_dataset(StandInDetector(), HalfSizeDataset(), "cpu", batch_size=2, max_dets=1)
+    for image_id, result in zip([5, 6, 9], results):
+        x0, y0, x1, y1 = (2 * v for v in HalfSizeDataset().rectangles[image_id])
+        assert result["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        mask = decode(result["segmentation"])
+        assert mask.shape == (24, 2 * (14 + [5, 6, 9].index(image_id)))
+        assert mask.sum() == (x1 - x0) * (y1 - y0)

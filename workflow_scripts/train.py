@@ -1,0 +1,91 @@
+"""Representation learning (stage 1): train Mask R-CNN end to end -> OUT_DIR/model_final.pth, OUT_DIR/metrics.csv.
+
+Runs under Snakemake (rule train_representation), by hand, or one process per GPU under torchrun / srun:
+
+    python workflow_scripts/train.py --train-annotations train.json --image-root images/ \
+        --repeat-factors image_repeat_factors.csv --model-cfg '{"backbone": "tiny"}' \
+        --train-cfg '{"epochs": 12, "batch_size": 8}' --out-dir results/demo/models/representation
+    torchrun --standalone --nproc_per_node=8 workflow_scripts/train.py ...   # same arguments
+
+A killed run restarted with the same arguments resumes from OUT_DIR/checkpoints/last.pth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
+from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
+from longtail_seg.engine.train import TrainConfig, init_distributed_mode, train  # noqa: E402
+from longtail_seg.models.detector import build_detector, resolve_model_cfg  # noqa: E402
+from longtail_seg.sampling import build_sampler  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
+    parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
+    parser.add_argument("--repeat-factors", help="image_repeat_factors.csv (needed for sampler: repeat_factor)")
+    parser.add_argument("--model-cfg", default="{}", help="JSON object: the config's `model:` section")
+    parser.add_argument("--train-cfg", default="{}", help="JSON object: the config's `train:` section")
+    parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def parse_json_object(text: str, option: str) -> dict[str, Any]:
+    """Parse a JSON-object command-line option, naming the option when it is malformed."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{option}: not valid JSON ({error}): {text[:200]}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{option}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_cfg = resolve_model_cfg(parse_json_object(args.model_cfg, "--model-cfg"))
+    train_cfg = TrainConfig.from_dict(parse_json_object(args.train_cfg, "--train-cfg"))
+    rank, world_size, device = init_distributed_mode(args.device)
+
+    transforms = build_train_transforms(train_cfg.min_size_range, train_cfg.max_size, train_cfg.flip_prob)
+    dataset = LVISDetectionDataset(args.train_annotations, args.image_root, transforms=transforms)
+    if train_cfg.sampler == "repeat_factor" and not args.repeat_factors:
+        raise SystemExit("train.sampler is repeat_factor: pass --repeat-factors image_repeat_factors.csv")
+    sampler = build_sampler(
+        train_cfg.sampler, len(dataset), repeat_factor_csv=args.repeat_factors, image_ids=dataset.image_ids,
+        seed=train_cfg.seed, num_replicas=world_size, rank=rank,
+    )
+    model = build_detector(model_cfg, dataset.num_classes)
+    if rank == 0:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{len(dataset)} images, {dataset.num_classes} classes, {params / 1e6:.2f} M parameters, "
+              f"{world_size} process(es) on {device}, sampler {train_cfg.sampler}", flush=True)
+    start = time.perf_counter()
+    result = train(model, dataset, sampler, train_cfg, args.out_dir, device, model_cfg=model_cfg,
+                   category_ids=dataset.category_ids, collate_fn=collate_detection)
+    if rank == 0:
+        resumed = f", resumed from iteration {result.resumed_from_iteration}" if result.resumed_from_iteration else ""
+        print(f"trained {result.iteration} iterations ({result.epoch} epochs) in {time.perf_counter() - start:.0f}s"
+              f"{resumed} -> {result.final_model}", flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parse_args())
