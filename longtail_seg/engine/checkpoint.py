@@ -71,6 +71,51 @@ def save_training_state(
         torch.save(payload, tmp)
 
 
+# Train-config keys that may change between a killed run and its restart without invalidating the checkpoint.
+RESUME_TOLERANT_KEYS = frozenset(
+    {"num_workers", "progress_bar", "log_period", "checkpoint_period", "tensorboard", "epochs", "max_iterations"}
+)
+
+
+def read_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a ``save_training_state`` file (raises a clear error for any other file)."""
+    payload = torch.load(Path(path), map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a training-state checkpoint; delete it to train from scratch")
+    return payload
+
+
+def resume_mismatch(payload: dict[str, Any], model: nn.Module, train_cfg: dict[str, Any]) -> str | None:
+    """Why a checkpoint belongs to a different experiment (model shapes or train config), or None if it fits."""
+    model = model.module if hasattr(model, "module") else model
+    own = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in payload["model"].items()}
+    if own != saved:
+        differing = sorted(set(own.items()) ^ set(saved.items()))[:3]
+        return f"model parameters differ (e.g. {differing})"
+    old_cfg = payload.get("train_cfg", {})
+    changed = sorted(
+        key for key in set(old_cfg) | set(train_cfg)
+        if key not in RESUME_TOLERANT_KEYS and old_cfg.get(key) != train_cfg.get(key)
+    )
+    if changed:
+        return "train config changed: " + ", ".join(f"{k} {old_cfg.get(k)!r} -> {train_cfg.get(k)!r}" for k in changed)
+    return None
+
+
+def apply_training_state(
+    payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = True
+) -> TrainingProgress:
+    """Load a read checkpoint into ``model`` (and ``optimizer``, RNGs); return the saved progress."""
+    model = model.module if hasattr(model, "module") else model
+    model.load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if restore_rng:
+        restore_rng_state(payload["rng"])
+    return TrainingProgress(**payload["progress"])
+
+
 def load_training_state(
     path: str | os.PathLike,
     model: nn.Module,
@@ -79,16 +124,4 @@ def load_training_state(
     map_location: str | torch.device = "cpu",
 ) -> TrainingProgress:
     """Load a ``save_training_state`` file into ``model`` (and ``optimizer``); return the saved progress."""
-    payload = torch.load(Path(path), map_location=map_location, weights_only=False)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a training-state checkpoint (format {payload.get('format')!r}); "
-            f"delete it to train from scratch"
-        )
-    model = model.module if hasattr(model, "module") else model
-    model.load_state_dict(payload["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    if restore_rng:
-        restore_rng_state(payload["rng"])
-    return TrainingProgress(**payload["progress"])
+    return apply_training_state(read_training_state(path, map_location), model, optimizer, restore_rng)

@@ -57,7 +57,7 @@ class LRSchedule:
         raise ValueError(f"train.lr_schedule must be 'cosine', 'constant' or [[epoch, lr], ...]; got {lr_schedule!r}")
 
     def lr_at(self, iteration: int, epoch: float) -> float:
-        """Rate for global ``iteration`` (0-based) in fractional ``epoch`` (0-based: 2.5 = half way through the third)."""
+        """Rate at global ``iteration`` and fractional ``epoch`` (0-based; epoch 2.5 = half-way through the third)."""
         return self._base_at(iteration, epoch) * self._warmup_multiplier(iteration)
 
     def _warmup_multiplier(self, iteration: int) -> float:

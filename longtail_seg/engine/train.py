@@ -28,7 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from longtail_seg.engine.checkpoint import TrainingProgress, load_training_state, save_training_state
+from longtail_seg.engine.checkpoint import (
+    TrainingProgress,
+    apply_training_state,
+    read_training_state,
+    resume_mismatch,
+    save_training_state,
+)
 from longtail_seg.engine.schedule import LRSchedule, build_optimizer
 from longtail_seg.io_utils import atomic_write_text
 
@@ -193,7 +199,7 @@ def train(
         cfg.lr_schedule, base_lr=cfg.lr, epochs=cfg.epochs, max_iterations=cfg.max_iterations,
         warmup_iters=cfg.warmup_iters, warmup_factor=cfg.warmup_factor, min_lr=cfg.min_lr,
     )
-    progress = _resume_if_possible(out_dir / LAST_CHECKPOINT, model, optimizer, device, rank, cfg.seed)
+    progress = _resume_if_possible(out_dir / LAST_CHECKPOINT, model, optimizer, device, rank, cfg)
     resumed_from = progress.iteration
     train_model = _wrap_ddp(model, device, cfg) if world_size > 1 else model
     loop = _TrainLoop(train_model, optimizer, schedule, cfg, out_dir, device, rank)
@@ -214,14 +220,29 @@ def _default_collate() -> Callable:
 
 
 def _resume_if_possible(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, rank: int, seed: int
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, rank: int,
+    cfg: TrainConfig,
 ) -> TrainingProgress:
-    """Load last.pth when present (every rank), else start at iteration 0."""
+    """Load last.pth when present and from this experiment (every rank), else start at iteration 0.
+
+    A checkpoint left by a different experiment (other model shapes or train settings, e.g. Snakemake
+    rerunning after a config change) is moved aside to last.stale.pth and training starts over.
+    """
     if not path.exists():
         return TrainingProgress()
-    progress = load_training_state(path, model, optimizer, restore_rng=rank == 0, map_location=device)
+    payload = read_training_state(path, map_location=device)
+    mismatch = resume_mismatch(payload, model, asdict(cfg))
+    if mismatch is not None:
+        _, world_size = distributed_rank_and_size()
+        if world_size > 1:
+            dist.barrier()  # every rank has read the file before rank 0 moves it
+        if rank == 0:
+            LOGGER.warning("not resuming from %s: %s; moved to last.stale.pth, training from scratch", path, mismatch)
+            os.replace(path, path.with_name("last.stale.pth"))
+        return TrainingProgress()
+    progress = apply_training_state(payload, model, optimizer, restore_rng=rank == 0)
     if rank != 0:
-        seed_everything(seed + rank + progress.iteration)
+        seed_everything(cfg.seed + rank + progress.iteration)
     if rank == 0:
         LOGGER.info("resuming from %s at iteration %d (epoch %d)", path, progress.iteration, progress.epoch)
     return progress
@@ -336,8 +357,9 @@ class _TrainLoop:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.autocast):
             loss_dict = self.model(images, targets)
         total = sum(loss_dict.values())
-        values = {name: float(loss.detach()) for name, loss in loss_dict.items()}
-        values["loss"] = float(total.detach())
+        names = [*loss_dict, "loss"]
+        numbers = torch.stack([*(v.detach().float() for v in loss_dict.values()), total.detach().float()]).tolist()
+        values = dict(zip(names, numbers))  # one device sync for all terms
         _fail_on_nonfinite(values, progress, self.out_dir / LAST_CHECKPOINT)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -394,7 +416,7 @@ def _fail_on_nonfinite(values: dict[str, float], progress: TrainingProgress, che
     terms = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
     where = f"on this rank: {', '.join(bad)}" if bad else "on another rank"
     raise FloatingPointError(
-        f"non-finite loss at iteration {progress.iteration} (epoch {progress.epoch}), {where} [{terms}]. "
+        f"non-finite loss at iteration {progress.iteration} (0-based; epoch {progress.epoch}), {where} [{terms}]. "
         f"Training stopped; the last good state is {checkpoint} (if any). Lower train.lr, raise "
         "train.warmup_iters, set train.grad_clip_norm, or check the annotations for degenerate boxes."
     )

@@ -63,7 +63,7 @@ def _run_worker(out_dir: Path, max_iterations: int) -> subprocess.Popen:
 
 
 def test_resume_after_sigkill_continues_from_checkpoint(tmp_path: Path) -> None:
-    total = 80
+    total = 40
     killed_dir = tmp_path / "killed"
     checkpoint = killed_dir / "checkpoints" / "last.pth"
     process = _run_worker(killed_dir, total)
@@ -119,7 +119,23 @@ class _NaNAfter(torch.nn.Module):
 def test_nan_loss_fails_naming_iteration_and_term(tmp_path: Path) -> None:
     dataset = FakeDetectionDataset(num_images=8, size=48)
     model = _NaNAfter(build_detector(TEST_MODEL_CFG, 3), bad_call=3)
-    with pytest.raises(FloatingPointError, match=r"iteration 3 .*loss_box_reg") as error:
+    with pytest.raises(FloatingPointError, match=r"iteration 3 \(0-based.*loss_box_reg") as error:
         train(model, dataset, OrderedSampler(8), _cfg(batch_size=2), tmp_path, "cpu", collate_fn=collate)
     assert "loss_classifier" not in str(error.value).split("[")[0]
     assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_stale_checkpoint_of_another_experiment_is_not_resumed(tmp_path: Path) -> None:
+    dataset = FakeDetectionDataset(num_images=4, size=48)
+
+    def run(**overrides):
+        model = build_detector(TEST_MODEL_CFG, 3)
+        cfg = _cfg(**{"batch_size": 2, "epochs": 2, "checkpoint_period": 1, **overrides})
+        return train(model, dataset, OrderedSampler(4), cfg, tmp_path, "cpu", collate_fn=collate)
+
+    assert run().resumed_from_iteration == 0
+    extended = run(epochs=3)  # more epochs: same experiment, continue
+    assert extended.resumed_from_iteration == 4 and extended.iteration == 6
+    changed = run(epochs=3, lr=1e-4)  # another learning rate: start over, keep the old file aside
+    assert changed.resumed_from_iteration == 0 and changed.iteration == 6
+    assert (tmp_path / "checkpoints" / "last.stale.pth").exists()
