@@ -84,3 +84,24 @@ def test_tiny_config_runs_to_stats(workflow_copy):
     assert (stats_dir / "long_tail.png").stat().st_size > 0
     assert (workflow_copy / "logs" / "tiny" / "dataset_stats.log").exists()
     assert (workflow_copy / "benchmarks" / "out" / "tiny" / "dataset_stats.tsv").exists()
+
+
+@pytest.mark.slow
+def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
+    result = _snakemake("--cores", "2", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = workflow_copy / "results" / "tiny"
+    metrics = json.loads((results / "eval" / "representation" / "single_scale" / "metrics.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"}
+    for table in ("table1", "table2", "table3"):
+        frame = pd.read_csv(results / "tables" / f"{table}.csv")
+        assert list(frame.columns)[:5] == ["model", "AP", "APr", "APc", "APf"]
+        assert "bbox_AP" in frame.columns
+    table1 = pd.read_csv(results / "tables" / "table1.csv")
+    assert table1["model"].tolist() == ["Representation learning"]
+    assert table1.loc[0, "AP"] == pytest.approx(metrics["segm"]["AP"], abs=0.05)
+    predictions = json.loads((results / "predictions" / "representation" / "single_scale.json").read_text())
+    assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in predictions)
+    # A second run finds everything up to date: nothing is retrained.
+    again = _snakemake("-n", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -35,7 +35,7 @@ class TestConfig:
     max_size: int = 1333
     batch_size: int = 8
     num_workers: int = 0
-    max_dets: int = 300
+    max_dets: int = 300  # detections per image (LVIS allows 300); also sets the model's own cap
     mask_threshold: float = 0.5
 
     @classmethod
@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, map_location=device)
     model.to(device)
+    model.roi_heads.detections_per_img = cfg.max_dets  # a test-time choice: no retraining to change it
     dataset = LVISDetectionDataset(
         args.annotations, args.image_root, transforms=build_test_transforms(cfg.min_size, cfg.max_size),
         category_ids=meta["category_ids"], with_masks=False,

@@ -151,3 +151,22 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == [path]  # atomic: no temporary left behind
     with pytest.raises(ValueError, match="category ids"):
         save_checkpoint(tmp_path / "bad.pth", model, TEST_MODEL_CFG, [1, 2])
+
+
+def test_predicted_class_mask_probs_equal_torchvision_inference():
+    """Only the detected class's mask logits are computed; values must equal torchvision's all-class path."""
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    from longtail_seg.models.detector import predicted_class_mask_probs
+
+    torch.manual_seed(0)
+    predictor = MaskRCNNPredictor(8, 6, 11).eval()
+    features = torch.randn(7, 8, 14, 14)
+    labels = [torch.tensor([3, 0, 10]), torch.tensor([], dtype=torch.int64), torch.tensor([1, 1, 5, 7])]
+    with torch.no_grad():
+        expected = maskrcnn_inference(predictor(features), labels)
+        actual = predicted_class_mask_probs(predictor, features, labels)
+    assert [a.shape for a in actual] == [e.shape for e in expected] == [(3, 1, 28, 28), (0, 1, 28, 28), (4, 1, 28, 28)]
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
