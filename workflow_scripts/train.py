@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
 from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
-from longtail_seg.engine.train import TrainConfig, init_distributed_mode, train  # noqa: E402
+from longtail_seg.engine.train import TrainConfig, init_distributed_mode, seed_everything, train  # noqa: E402
 from longtail_seg.models.detector import build_detector, resolve_model_cfg  # noqa: E402
 from longtail_seg.sampling import build_sampler  # noqa: E402
 
@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> None:
         train_cfg.sampler, len(dataset), repeat_factor_csv=args.repeat_factors, image_ids=dataset.image_ids,
         seed=train_cfg.seed, num_replicas=world_size, rank=rank,
     )
+    seed_everything(train_cfg.seed)  # the initial weights, too, follow train.seed
     model = build_detector(model_cfg, dataset.num_classes)
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from longtail_seg.models.detector import load_detector
 from tests.engine.fake_data import TEST_MODEL_CFG
@@ -22,20 +23,30 @@ def _script():
     return module
 
 
-def test_script_trains_with_repeat_factors(small_lvis, tmp_path: Path) -> None:
-    annotations, image_root = small_lvis
-    factors = tmp_path / "image_repeat_factors.csv"
-    factors.write_text("image_id,repeat_factor\n1,1.0\n2,2.0\n3,1.0\n")
-    train_cfg = {"batch_size": 2, "epochs": 2, "min_size_range": [32, 40], "max_size": 64, "num_workers": 0,
-                 "log_period": 1, "checkpoint_period": 2, "progress_bar": False, "warmup_iters": 1}
+TRAIN_CFG = {"batch_size": 2, "epochs": 2, "min_size_range": [32, 40], "max_size": 64, "num_workers": 0,
+             "log_period": 1, "checkpoint_period": 2, "progress_bar": False, "warmup_iters": 1}
+
+
+def _run_script(annotations: Path, image_root: Path, factors: Path, out_dir: Path, **overrides) -> None:
     script = _script()
-    out_dir = tmp_path / "out"
     args = script.parse_args([
         "--train-annotations", str(annotations), "--image-root", str(image_root), "--repeat-factors", str(factors),
-        "--model-cfg", json.dumps(TEST_MODEL_CFG), "--train-cfg", json.dumps(train_cfg), "--out-dir", str(out_dir),
-        "--device", "cpu", "--threads", "1",
+        "--model-cfg", json.dumps(TEST_MODEL_CFG), "--train-cfg", json.dumps({**TRAIN_CFG, **overrides}),
+        "--out-dir", str(out_dir), "--device", "cpu", "--threads", "1",
     ])
     script.main(args)
+
+
+def _write_factors(tmp_path: Path) -> Path:
+    factors = tmp_path / "image_repeat_factors.csv"
+    factors.write_text("image_id,repeat_factor\n1,1.0\n2,2.0\n3,1.0\n")
+    return factors
+
+
+def test_script_trains_with_repeat_factors(small_lvis, tmp_path: Path) -> None:
+    annotations, image_root = small_lvis
+    out_dir = tmp_path / "out"
+    _run_script(annotations, image_root, _write_factors(tmp_path), out_dir)
     model, meta = load_detector(out_dir / "model_final.pth")
     assert meta["category_ids"] == [1, 2, 3] and meta["num_classes"] == 3
     assert meta["model_cfg"]["fpn_channels"] == TEST_MODEL_CFG["fpn_channels"]
@@ -53,3 +64,14 @@ def test_script_rejects_bad_json_and_missing_repeat_factors(small_lvis, tmp_path
         script.main(script.parse_args(base + ["--train-cfg", "{epochs: 1"]))
     with pytest.raises(SystemExit, match="--repeat-factors"):
         script.main(script.parse_args(base + ["--train-cfg", '{"sampler": "repeat_factor"}']))
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(small_lvis, tmp_path: Path) -> None:
+    annotations, image_root = small_lvis
+    factors = _write_factors(tmp_path)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        _run_script(annotations, image_root, factors, tmp_path / name, seed=seed, num_workers=1)
+    weights = {name: load_detector(tmp_path / name / "model_final.pth")[0].state_dict() for name in "abc"}
+    for key, value in weights["a"].items():
+        assert torch.equal(value, weights["b"][key]), f"{key} differs between two runs with the same seed"
+    assert any(not torch.equal(value, weights["c"][key]) for key, value in weights["a"].items())
