@@ -49,10 +49,6 @@ def image_root(dataset):
     return dataset_config(dataset)["image_root"]
 
 
-def stats_dir(dataset):
-    return f"results/{dataset}/stats"
-
-
 def as_json(section):
     """A config section as a JSON string for a workflow script's command line (shell-quoted by the rule)."""
     return json.dumps(section, sort_keys=True)
@@ -77,6 +73,25 @@ def table_metrics(wildcards):
 
 def models_of_stage(stage):
     return [name for name, m in config["models"].items() if m["stage"] == stage]
+
+
+def retrain_settings(model):
+    """The `retrain` section with the model's own overrides (sampler, images per category, ...)."""
+    return {**config["retrain"], **config["models"][model].get("retrain", {})}
+
+
+def source_model(wildcards):
+    """The representation checkpoint a retrained model starts from."""
+    source = config["models"][wildcards.model]["from"]
+    return f"results/{wildcards.dataset}/models/{source}/model_final.pth"
+
+
+def branch_models(wildcards):
+    """The two retrained models whose classifiers a double-classifier model averages."""
+    return [
+        f"results/{wildcards.dataset}/models/{branch}/model_final.pth"
+        for branch in config["models"][wildcards.model]["branches"]
+    ]
 
 
 def train_settings(model):

@@ -25,7 +25,7 @@ rule train_representation:
     params:
         model_cfg=lambda wc: as_json(config["model"]),
         train_cfg=lambda wc: as_json(train_settings(wc.model)),
-        out_dir="results/{dataset}/models/{model}",
+        out_dir=lambda wc, output: Path(output.model).parent,
     shell:
         """
         if [ {resources.gpu} -gt 1 ]; then
@@ -38,3 +38,66 @@ rule train_representation:
             --model-cfg '{params.model_cfg}' --train-cfg '{params.train_cfg}' \
             --out-dir {params.out_dir} --threads {threads} >{log} 2>&1
         """
+
+
+rule retrain_classifier:
+    """Decoupled classifier retraining: everything but a fresh box classifier (softmax or BGS) stays frozen."""
+    input:
+        model=source_model,
+        annotations=lambda wc: annotation_file(wc.dataset, "train"),
+        images=lambda wc: image_root(wc.dataset),
+        categories="results/{dataset}/stats/category_stats.csv",
+        repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
+    output:
+        model="results/{dataset}/models/{model}/model_final.pth",
+    log:
+        "logs/{dataset}/retrain_classifier/{model}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/retrain_classifier/{model}.tsv"
+    wildcard_constraints:
+        model="|".join(models_of_stage("retrain")) or "__none__",
+    conda:
+        "../envs/longtail_seg.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=config["compute"]["gpus"],
+        mem_mb=config["compute"]["train_mem_mb"],
+        runtime=config["compute"]["train_runtime_min"],
+    params:
+        classifier_cfg=lambda wc: as_json(config["models"][wc.model]["classifier"]),
+        train_cfg=lambda wc: as_json(retrain_settings(wc.model)),
+        out_dir=lambda wc, output: Path(output.model).parent,
+        stats_dir=lambda wc, input: Path(input.categories).parent,
+    shell:
+        """
+        if [ {resources.gpu} -gt 1 ]; then
+            launcher="torchrun --standalone --nproc_per_node={resources.gpu}"
+        else
+            launcher=python
+        fi
+        $launcher workflow_scripts/retrain.py --checkpoint {input.model} \
+            --train-annotations {input.annotations} --image-root {input.images} \
+            --stats-dir {params.stats_dir} --classifier-cfg '{params.classifier_cfg}' \
+            --train-cfg '{params.train_cfg}' --out-dir {params.out_dir} --threads {threads} >{log} 2>&1
+        """
+
+
+rule combine_classifiers:
+    """The double classifier: two retrained classifiers on one frozen model, their box scores averaged."""
+    input:
+        first=lambda wc: branch_models(wc)[0],
+        second=lambda wc: branch_models(wc)[1],
+    output:
+        model="results/{dataset}/models/{model}/model_final.pth",
+    log:
+        "logs/{dataset}/combine_classifiers/{model}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/combine_classifiers/{model}.tsv"
+    wildcard_constraints:
+        model="|".join(models_of_stage("double")) or "__none__",
+    localrule: True
+    conda:
+        "../envs/longtail_seg.yaml"
+    shell:
+        "python workflow_scripts/combine_classifiers.py --first {input.first} --second {input.second}"
+        " --out {output.model} > {log} 2>&1"

@@ -98,7 +98,7 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
         assert list(frame.columns)[:5] == ["model", "AP", "APr", "APc", "APf"]
         assert "bbox_AP" in frame.columns
     table1 = pd.read_csv(results / "tables" / "table1.csv")
-    assert table1["model"].tolist() == ["Representation learning"]
+    assert table1["model"].tolist() == ["Representation learning", "+BGS retraining", "+double classifier"]
     assert table1.loc[0, "AP"] == pytest.approx(metrics["segm"]["AP"], abs=0.05)
     predictions = json.loads((results / "predictions" / "representation" / "single_scale.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in predictions)

@@ -14,6 +14,7 @@ The RoI heads never look inside ``logits``: a classifier may return a tensor, a 
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import torch
@@ -93,10 +94,30 @@ class BoxPredictor(nn.Module):
         return self.classifier(features), self.box_regressor(features)
 
 
+# Modules whose classifiers register themselves on import; imported on first use of an unknown name so that a
+# config or a checkpoint's model_cfg can name them (load_detector never imports them itself).
+BUILTIN_CLASSIFIER_MODULES = (
+    "longtail_seg.models.balanced_group_softmax",
+    "longtail_seg.models.double_classifier",
+)
+
+
+def _import_builtin_classifiers() -> None:
+    """Import the modules that register the built-in non-softmax classifiers (skipping ones not written yet)."""
+    for module in BUILTIN_CLASSIFIER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
 def build_classifier(cfg: dict[str, Any] | None, in_features: int, num_classes: int) -> nn.Module:
     """Build the box classifier named by ``cfg["type"]`` (default ``softmax``) from the registry."""
     cfg = dict(cfg or {})
     name = cfg.get("type", "softmax")
+    if name not in CLASSIFIER_REGISTRY:
+        _import_builtin_classifiers()
     if name not in CLASSIFIER_REGISTRY:
         raise ValueError(
             f"unknown model.classifier.type {name!r}; registered classifiers: {sorted(CLASSIFIER_REGISTRY)}. "

@@ -101,10 +101,22 @@ class ClassifierRoIHeads(RoIHeads):
     is torchvision's.
     """
 
+    # Classifier retraining (engine/retrain.py) sets this: training computes only the classification loss
+    # (no box regression or mask branch), and targets need no masks.
+    classifier_only: bool = False
+
     @property
     def classifier(self) -> nn.Module:
         """The replaceable box classifier."""
         return self.box_predictor.classifier
+
+    def check_targets(self, targets: Optional[list[dict[str, torch.Tensor]]]) -> None:
+        """torchvision's target check; masks are not required in ``classifier_only`` mode."""
+        if not self.classifier_only:
+            super().check_targets(targets)
+            return
+        if targets is None or not all("boxes" in t and "labels" in t for t in targets):
+            raise ValueError("classifier retraining needs targets with 'boxes' and 'labels' for every image")
 
     def forward(
         self,
@@ -117,6 +129,9 @@ class ClassifierRoIHeads(RoIHeads):
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        if self.training and self.classifier_only:
+            all_labels = torch.cat(labels, dim=0)
+            return [], {"loss_classifier": self.classifier.loss(self.classifier(box_features), all_labels)}
         class_logits, box_regression = self.box_predictor(box_features)
 
         if self.training:

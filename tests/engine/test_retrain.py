@@ -1,0 +1,225 @@
+"""Classifier retraining: only the classifier changes (bit for bit), classifier-only losses, resume, the loss goes
+down, the retrain and combine_classifiers scripts (double classifier, refusal of different representations)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longtail_seg.engine.retrain import (
+    CLASSIFIER_PREFIX,
+    FrozenStatsBatchNorm2d,
+    RetrainConfig,
+    combine_classifiers,
+    frozen_state,
+    prepare_for_classifier_retraining,
+    retrain_classifier,
+)
+from longtail_seg.engine.train import seed_everything, train
+from longtail_seg.models.detector import build_detector, get_classifier, load_detector, save_checkpoint
+from longtail_seg.models.double_classifier import DoubleClassifier
+from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGE1_CFG = {"batch_size": 4, "epochs": 3, "lr": 3e-3, "warmup_iters": 2, "checkpoint_period": 100,
+              "log_period": 2, "num_workers": 0, "progress_bar": False, "seed": 0, "lr_schedule": "constant"}
+
+
+def _retrain_cfg(**overrides) -> dict:
+    cfg = dict(STAGE1_CFG, sampler="uniform", lr=1e-2, epochs=2, checkpoint_period=2)
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def representation(tmp_path_factory) -> Path:
+    """model_final.pth of a briefly trained stage-1 detector (trainable BatchNorm, so its statistics moved)."""
+    out = tmp_path_factory.mktemp("representation")
+    seed_everything(0)
+    model = build_detector(TEST_MODEL_CFG, 3)
+    dataset = FakeDetectionDataset(num_images=8, size=64)
+    return train(model, dataset, OrderedSampler(8), STAGE1_CFG, out, "cpu", collate_fn=collate).final_model
+
+
+def _retrain(checkpoint: Path, out: Path, classifier_cfg=None, **cfg):
+    dataset = FakeDetectionDataset(num_images=8, size=64)
+    return retrain_classifier(checkpoint, dataset, OrderedSampler(8), classifier_cfg or {"type": "softmax"},
+                              _retrain_cfg(**cfg), out, "cpu", collate_fn=collate)
+
+
+def _classifier_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in get_classifier(model).state_dict().items()}
+
+
+def test_prepare_freezes_all_but_a_fresh_classifier(representation: Path) -> None:
+    model, _ = load_detector(representation)
+    old_classifier = get_classifier(model)
+    double_cfg = {"type": "double", "branches": [{"type": "softmax"}, {"type": "softmax"}]}
+    prepare_for_classifier_retraining(model, double_cfg)
+    assert isinstance(get_classifier(model), DoubleClassifier) and get_classifier(model) is not old_classifier
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {CLASSIFIER_PREFIX + name for name, _ in get_classifier(model).named_parameters()}
+    assert model.model_cfg["classifier"] == double_cfg
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, FrozenStatsBatchNorm2d) and not m.training for m in norms)
+    images, targets = collate([FakeDetectionDataset(num_images=2, size=64)[i] for i in range(2)])
+    for target in targets:
+        del target["masks"]  # retraining needs no masks
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier"}
+
+
+def test_retraining_changes_only_the_classifier(representation: Path, tmp_path: Path) -> None:
+    before, _ = load_detector(representation)
+    seed_everything(0)
+    initial = _classifier_state(prepare_for_classifier_retraining(load_detector(representation)[0], None))
+    result = _retrain(representation, tmp_path, epochs=2)
+    after, meta = load_detector(result.final_model)
+    frozen_before, frozen_after = frozen_state(before), frozen_state(after)
+    assert frozen_before.keys() == frozen_after.keys()
+    assert any("running_mean" in name for name in frozen_before)
+    for name, value in frozen_before.items():
+        assert value.dtype == frozen_after[name].dtype and torch.equal(value, frozen_after[name]), name
+    changed = _classifier_state(after)
+    assert all(not torch.equal(initial[name], changed[name]) for name in initial)
+    assert meta["model_cfg"]["classifier"] == {"type": "softmax"} and meta["iteration"] == 4
+    columns = set(pd.read_csv(result.metrics_csv).columns)
+    assert {"loss_classifier", "loss"} <= columns and not columns & {"loss_mask", "loss_objectness", "loss_box_reg"}
+
+
+def test_classifier_loss_decreases(representation: Path, tmp_path: Path) -> None:
+    result = _retrain(representation, tmp_path, epochs=8, log_period=2)
+    loss = pd.read_csv(result.metrics_csv)["loss_classifier"]
+    assert len(loss) == 8
+    assert loss.iloc[-2:].mean() < 0.8 * loss.iloc[:2].mean(), list(loss)
+
+
+def test_resume_continues_to_the_same_weights(representation: Path, tmp_path: Path) -> None:
+    straight = _retrain(representation, tmp_path / "straight", max_iterations=6, epochs=10)
+    _retrain(representation, tmp_path / "stopped", max_iterations=4, epochs=10)
+    resumed = _retrain(representation, tmp_path / "stopped", max_iterations=6, epochs=10)
+    assert resumed.resumed_from_iteration == 4 and resumed.iteration == 6
+    want = _classifier_state(load_detector(straight.final_model)[0])
+    got = _classifier_state(load_detector(resumed.final_model)[0])
+    for name, value in want.items():
+        assert torch.equal(value, got[name]), name
+
+
+def test_retrain_config_checks_its_keys() -> None:
+    assert RetrainConfig.from_dict({}).sampler == "class_aware"
+    with pytest.raises(ValueError, match="retrain.sampler"):
+        RetrainConfig.from_dict({"sampler": "balanced"})
+    with pytest.raises(ValueError, match="images_per_category"):
+        RetrainConfig.from_dict({"images_per_category": 0})
+
+
+# ------------------------------------------------------------------------------------------- double classifier
+
+
+def test_combined_model_averages_the_two_retrained_classifiers(representation: Path, tmp_path: Path) -> None:
+    first = _retrain(representation, tmp_path / "a", seed=1).final_model
+    second = _retrain(representation, tmp_path / "b", seed=2, lr=3e-2).final_model
+    out = combine_classifiers(first, second, tmp_path / "double.pth")
+    double, meta = load_detector(out)
+    model_a, model_b = load_detector(first)[0], load_detector(second)[0]
+    assert meta["model_cfg"]["classifier"] == {"type": "double", "branches": [{"type": "softmax"}] * 2}
+    features = torch.randn(30, TEST_MODEL_CFG["box_head_dim"])
+    classifier = get_classifier(double)
+    expected = (F.softmax(get_classifier(model_a)(features), -1) + F.softmax(get_classifier(model_b)(features), -1)) / 2
+    assert torch.equal(classifier.scores(classifier(features)), expected)
+    for name, value in frozen_state(model_a).items():
+        assert torch.equal(value, double.state_dict()[name]), name
+    images, _ = collate([FakeDetectionDataset(num_images=2, size=64)[i] for i in range(2)])
+    with torch.no_grad():
+        outputs = double(images)
+    assert len(outputs) == 2 and {"boxes", "scores", "labels", "masks"} <= set(outputs[0])
+
+
+def _combine_script():
+    path = REPO_ROOT / "workflow_scripts" / "combine_classifiers.py"
+    spec = importlib.util.spec_from_file_location("combine_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_combine_refuses_models_with_different_representations(representation: Path, tmp_path: Path) -> None:
+    first = _retrain(representation, tmp_path / "a", max_iterations=1).final_model
+    payload = torch.load(first, weights_only=False)
+    name = "roi_heads.box_head.fc6.bias"
+    payload["model"][name] = payload["model"][name].clone()
+    payload["model"][name][0] = torch.nextafter(payload["model"][name][0], torch.tensor(1.0))  # one ulp
+    torch.save(payload, tmp_path / "other.pth")
+    script = _combine_script()
+    args = script.parse_args(["--first", str(first), "--second", str(tmp_path / "other.pth"),
+                              "--out", str(tmp_path / "double.pth")])
+    with pytest.raises(SystemExit, match=name.replace(".", r"\.")):
+        script.main(args)
+    assert not (tmp_path / "double.pth").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the script
+
+
+def _retrain_script():
+    spec = importlib.util.spec_from_file_location("retrain_script", REPO_ROOT / "workflow_scripts" / "retrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPT_CFG = {"batch_size": 2, "epochs": 2, "min_size_range": [32, 40], "max_size": 64, "num_workers": 0,
+              "log_period": 1, "checkpoint_period": 2, "progress_bar": False, "warmup_iters": 1}
+
+
+def _run_retrain_script(small_lvis, tmp_path: Path, classifier_cfg: dict, **train_cfg) -> Path:
+    annotations, image_root = small_lvis
+    checkpoint = tmp_path / "rep.pth"
+    if not checkpoint.exists():
+        model = build_detector(TEST_MODEL_CFG, 3)
+        save_checkpoint(checkpoint, model, model.model_cfg, [1, 2, 3])
+    stats = tmp_path / "stats"
+    stats.mkdir(exist_ok=True)
+    (stats / "image_repeat_factors.csv").write_text("image_id,repeat_factor\n1,1.0\n2,2.0\n3,1.0\n")
+    (stats / "category_stats.csv").write_text(
+        "category_id,name,frequency,image_count,instance_count,repeat_factor,bgs_group\n"
+        "1,cat1,f,2,3,1.0,1\n2,cat2,r,1,1,1.4,1\n3,cat3,r,0,0,1.0,1\n")
+    out = tmp_path / "out"
+    script = _retrain_script()
+    script.main(script.parse_args([
+        "--checkpoint", str(checkpoint), "--train-annotations", str(annotations), "--image-root", str(image_root),
+        "--stats-dir", str(stats), "--classifier-cfg", json.dumps(classifier_cfg),
+        "--train-cfg", json.dumps({**SCRIPT_CFG, **train_cfg}), "--out-dir", str(out), "--device", "cpu",
+        "--threads", "1",
+    ]))
+    return out
+
+
+def test_script_retrains_with_repeat_factors(small_lvis, tmp_path: Path) -> None:
+    out = _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, sampler="repeat_factor")
+    _, meta = load_detector(out / "model_final.pth")
+    assert meta["category_ids"] == [1, 2, 3] and meta["model_cfg"]["classifier"] == {"type": "softmax"}
+    # 4 sampled images per epoch (factors 1 + 2 + 1) -> 2 batches of 2, over 2 epochs
+    assert list(pd.read_csv(out / "metrics.csv")["iteration"]) == [1, 2, 3, 4]
+
+
+def test_script_retrains_with_class_aware_sampling(small_lvis, tmp_path: Path) -> None:
+    pytest.importorskip("longtail_seg.sampling.class_aware")
+    out = _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, sampler="class_aware",
+                              images_per_category=2, epochs=1)
+    assert load_detector(out / "model_final.pth")[1]["iteration"] >= 1
+
+
+def test_script_fills_bgs_groups_from_the_stats(small_lvis, tmp_path: Path) -> None:
+    pytest.importorskip("longtail_seg.models.balanced_group_softmax")
+    out = _run_retrain_script(small_lvis, tmp_path, {"type": "bgs"}, sampler="uniform", epochs=1)
+    _, meta = load_detector(out / "model_final.pth")
+    assert meta["model_cfg"]["classifier"]["type"] == "bgs"
+    assert len(meta["model_cfg"]["classifier"]["class_groups"]) == 3

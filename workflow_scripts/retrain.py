@@ -1,0 +1,118 @@
+"""Classifier retraining (stage 2, decoupled): a fresh box classifier on the frozen representation -> OUT_DIR.
+
+Loads the representation-learning detector, replaces its box classifier by a fresh one of --classifier-cfg
+(softmax, or bgs whose class groups are filled from STATS_DIR/category_stats.csv), freezes everything else and
+trains only the classifier with the sampler of --train-cfg. Writes OUT_DIR/model_final.pth, metrics.csv and
+checkpoints/ (a killed run resumes). Runs by hand, under Snakemake, or one process per GPU under torchrun:
+
+    python workflow_scripts/retrain.py --checkpoint results/demo/models/representation/model_final.pth \
+        --train-annotations train.json --image-root images/ --stats-dir results/demo/stats \
+        --classifier-cfg '{"type": "softmax"}' \
+        --train-cfg '{"sampler": "class_aware", "images_per_category": 8, "epochs": 4}' \
+        --out-dir results/demo/models/crt_class_aware
+    torchrun --standalone --nproc_per_node=8 workflow_scripts/retrain.py ...   # same arguments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
+from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
+from longtail_seg.engine.retrain import (  # noqa: E402
+    RetrainConfig,
+    build_retrain_sampler,
+    checkpoint_category_ids,
+    fill_bgs_groups,
+    retrain_classifier,
+)
+from longtail_seg.engine.train import init_distributed_mode  # noqa: E402
+
+CATEGORY_STATS = "category_stats.csv"
+IMAGE_REPEAT_FACTORS = "image_repeat_factors.csv"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="representation-learning model_final.pth")
+    parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
+    parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
+    parser.add_argument("--stats-dir", help=f"folder with {CATEGORY_STATS} (bgs groups) and {IMAGE_REPEAT_FACTORS} "
+                                            "(repeat_factor sampler): the dataset_stats step's output")
+    parser.add_argument("--classifier-cfg", default='{"type": "softmax"}',
+                        help='JSON object: the new classifier, e.g. {"type": "bgs", "others_sample_ratio": 8}')
+    parser.add_argument("--train-cfg", default="{}",
+                        help="JSON object: the retraining section (train keys; sampler class_aware|repeat_factor|"
+                             "uniform; images_per_category)")
+    parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def parse_json_object(text: str, option: str) -> dict[str, Any]:
+    """Parse a JSON-object command-line option, naming the option when it is malformed."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{option}: not valid JSON ({error}): {text[:200]}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{option}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _stats_file(stats_dir: str | None, name: str) -> Path | None:
+    """STATS_DIR/name if it exists (None without --stats-dir); a missing file is an error naming it."""
+    if stats_dir is None:
+        return None
+    path = Path(stats_dir) / name
+    if not path.exists():
+        raise SystemExit(f"--stats-dir {stats_dir}: {name} not found; run workflow_scripts/dataset_stats.py first")
+    return path
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    classifier_cfg = parse_json_object(args.classifier_cfg, "--classifier-cfg")
+    train_cfg = RetrainConfig.from_dict(parse_json_object(args.train_cfg, "--train-cfg"))
+    if train_cfg.sampler == "repeat_factor" and args.stats_dir is None:
+        raise SystemExit(f"sampler repeat_factor: pass --stats-dir (the folder with {IMAGE_REPEAT_FACTORS})")
+    category_ids = checkpoint_category_ids(args.checkpoint)
+    category_stats = Path(args.stats_dir) / CATEGORY_STATS if args.stats_dir else None
+    classifier_cfg = fill_bgs_groups(classifier_cfg, category_stats, category_ids)  # bgs: groups from the stats
+    rank, world_size, device = init_distributed_mode(args.device)
+
+    transforms = build_train_transforms(train_cfg.min_size_range, train_cfg.max_size, train_cfg.flip_prob)
+    dataset = LVISDetectionDataset(args.train_annotations, args.image_root, transforms=transforms,
+                                   category_ids=category_ids, with_masks=False)
+    repeat_factors = _stats_file(args.stats_dir, IMAGE_REPEAT_FACTORS) if train_cfg.sampler == "repeat_factor" else None
+    sampler = build_retrain_sampler(train_cfg, dataset, repeat_factors, num_replicas=world_size, rank=rank)
+    if rank == 0:
+        print(f"retraining a {classifier_cfg.get('type', 'softmax')} classifier on {args.checkpoint}: "
+              f"{len(dataset)} images, {dataset.num_classes} classes, sampler {train_cfg.sampler}, "
+              f"{world_size} process(es) on {device}", flush=True)
+    start = time.perf_counter()
+    result = retrain_classifier(args.checkpoint, dataset, sampler, classifier_cfg, train_cfg, args.out_dir, device,
+                                collate_fn=collate_detection)
+    if rank == 0:
+        resumed = f", resumed from iteration {result.resumed_from_iteration}" if result.resumed_from_iteration else ""
+        print(f"retrained {result.iteration} iterations ({result.epoch} epochs) in "
+              f"{time.perf_counter() - start:.0f}s{resumed} -> {result.final_model}", flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parse_args())
