@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_workflow_script(name: str) -> ModuleType:
+    """Import workflow_scripts/NAME.py as a module, to call its parse_args/main in-process."""
+    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", REPO_ROOT / "workflow_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_lvis(path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:

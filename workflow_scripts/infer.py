@@ -10,7 +10,6 @@ The checkpoint carries the model config and the dataset's category ids, so the m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+
+from longtail_seg.cli import parse_json_object  # noqa: E402
 
 from longtail_seg.data.dataset import LVISDetectionDataset  # noqa: E402
 from longtail_seg.data.transforms import build_test_transforms  # noqa: E402
@@ -61,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TestConfig.from_dict(json.loads(args.test_cfg))
+    cfg = TestConfig.from_dict(parse_json_object(args.test_cfg, "--test-cfg"))
     device = resolve_device(args.device)
     model, meta = load_detector(args.checkpoint, map_location=device)
     model.to(device)

@@ -13,16 +13,16 @@ A killed run restarted with the same arguments resumes from OUT_DIR/checkpoints/
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+
+from longtail_seg.cli import parse_json_object  # noqa: E402
 
 from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
 from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
@@ -42,17 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return parser.parse_args(argv)
-
-
-def parse_json_object(text: str, option: str) -> dict[str, Any]:
-    """Parse a JSON-object command-line option, naming the option when it is malformed."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"{option}: not valid JSON ({error}): {text[:200]}") from None
-    if not isinstance(value, dict):
-        raise SystemExit(f"{option}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def main(args: argparse.Namespace) -> None:

@@ -661,8 +661,8 @@ def _write_annotation_files(
     }
     annotation_dir = out_dir / "annotations"
     contents = {}
-    for split, (images, annotations) in rendered.items():
-        contents[split] = {"info": info, "licenses": [], "images": images, "annotations": annotations,
+    for split, (images, split_annotations) in rendered.items():
+        contents[split] = {"info": info, "licenses": [], "images": images, "annotations": split_annotations,
                            "categories": category_list}
     contents["unlabeled_hidden_gt"] = contents["unlabeled"]
     unlabeled_images = [

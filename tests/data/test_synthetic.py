@@ -12,6 +12,7 @@ import pytest
 from longtail_seg.data import synthetic
 from longtail_seg.data.lvis_io import load_lvis
 from longtail_seg.data.masks import decode_segmentation
+from tests.conftest import load_workflow_script
 
 TINY = dict(num_train=12, num_val=6, num_unlabeled=5)
 
@@ -234,12 +235,7 @@ def test_marks_are_inside_the_shape_and_at_least_a_few_pixels():
 
 
 def test_make_dataset_script_writes_the_dataset(tmp_path, capsys):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[2] / "workflow_scripts" / "make_dataset.py"
-    spec = importlib.util.spec_from_file_location("make_dataset", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_workflow_script("make_dataset")
     out = tmp_path / "demo"
     module.main(module.parse_args(["--out-dir", str(out), "--num-train", "4", "--num-val", "2",
                                    "--num-unlabeled", "2", "--seed", "1"]))

@@ -3,7 +3,6 @@ down, the retrain and combine_classifiers scripts (double classifier, refusal of
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from longtail_seg.engine.train import seed_everything, train
 from longtail_seg.models.detector import build_detector, get_classifier, load_detector, save_checkpoint
 from longtail_seg.models.double_classifier import DoubleClassifier
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
+from tests.conftest import load_workflow_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE1_CFG = {"batch_size": 4, "epochs": 3, "lr": 3e-3, "warmup_iters": 2, "checkpoint_period": 100,
               "log_period": 2, "num_workers": 0, "progress_bar": False, "seed": 0, "lr_schedule": "constant"}
 
@@ -143,11 +142,7 @@ def test_combined_model_averages_the_two_retrained_classifiers(representation: P
 
 
 def _combine_script():
-    path = REPO_ROOT / "workflow_scripts" / "combine_classifiers.py"
-    spec = importlib.util.spec_from_file_location("combine_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_workflow_script("combine_classifiers")
 
 
 def test_combine_refuses_models_with_different_representations(representation: Path, tmp_path: Path) -> None:
@@ -169,10 +164,7 @@ def test_combine_refuses_models_with_different_representations(representation: P
 
 
 def _retrain_script():
-    spec = importlib.util.spec_from_file_location("retrain_script", REPO_ROOT / "workflow_scripts" / "retrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_workflow_script("retrain")
 
 
 SCRIPT_CFG = {"batch_size": 2, "epochs": 2, "min_size_range": [32, 40], "max_size": 64, "num_workers": 0,

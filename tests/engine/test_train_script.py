@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,15 +11,12 @@ import torch
 
 from longtail_seg.models.detector import load_detector
 from tests.engine.fake_data import TEST_MODEL_CFG
+from tests.conftest import load_workflow_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "workflow_scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_workflow_script("train")
 
 
 TRAIN_CFG = {"batch_size": 2, "epochs": 2, "min_size_range": [32, 40], "max_size": 64, "num_workers": 0,

@@ -4,7 +4,6 @@ the evaluate.py script, and parity with the reference lvis-api (0.5.3)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from longtail_seg.evaluation.lvis_eval import METRIC_KEYS, evaluate_lvis, load_results, write_metrics
+from tests.conftest import load_workflow_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 GROUP_KEYS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 
 
@@ -162,9 +161,7 @@ def test_write_metrics_round_trips(tmp_path: Path) -> None:
 
 
 def test_evaluate_script_writes_metrics(hand_gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "workflow_scripts" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_workflow_script("evaluate")
     predictions = tmp_path / "pred.json"
     predictions.write_text(json.dumps(gt_as_detections(hand_gt) + [false_positive(1, 2)]))
     out = tmp_path / "eval" / "metrics.json"
