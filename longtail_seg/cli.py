@@ -15,3 +15,15 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SystemExit(f"{option}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def finish_training_run(result: Any, verb: str, seconds: float, rank: int) -> None:
+    """Print a training run's summary on rank 0 and tear down the process group started by torchrun/srun."""
+    import torch.distributed as dist
+
+    if rank == 0:
+        resumed = f", resumed from iteration {result.resumed_from_iteration}" if result.resumed_from_iteration else ""
+        print(f"{verb} {result.iteration} iterations ({result.epoch} epochs) in {seconds:.0f}s{resumed} "
+              f"-> {result.final_model}", flush=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

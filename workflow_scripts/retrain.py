@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from longtail_seg.cli import parse_json_object  # noqa: E402
+from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E402
 
 from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
 from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
@@ -95,12 +95,7 @@ def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     result = retrain_classifier(args.checkpoint, dataset, sampler, classifier_cfg, train_cfg, args.out_dir, device,
                                 collate_fn=collate_detection)
-    if rank == 0:
-        resumed = f", resumed from iteration {result.resumed_from_iteration}" if result.resumed_from_iteration else ""
-        print(f"retrained {result.iteration} iterations ({result.epoch} epochs) in "
-              f"{time.perf_counter() - start:.0f}s{resumed} -> {result.final_model}", flush=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    finish_training_run(result, "retrained", time.perf_counter() - start, rank)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from longtail_seg.cli import parse_json_object  # noqa: E402
+from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E402
 
 from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
 from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
@@ -69,12 +69,7 @@ def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     result = train(model, dataset, sampler, train_cfg, args.out_dir, device, model_cfg=model_cfg,
                    category_ids=dataset.category_ids, collate_fn=collate_detection)
-    if rank == 0:
-        resumed = f", resumed from iteration {result.resumed_from_iteration}" if result.resumed_from_iteration else ""
-        print(f"trained {result.iteration} iterations ({result.epoch} epochs) in {time.perf_counter() - start:.0f}s"
-              f"{resumed} -> {result.final_model}", flush=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    finish_training_run(result, "trained", time.perf_counter() - start, rank)
 
 
 if __name__ == "__main__":
