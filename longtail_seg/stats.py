@@ -7,12 +7,14 @@ so LVIS v1 (100k images, 1.27M instances) takes well under a second once the JSO
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from longtail_seg.data.lvis_io import AnnotationArrays
+from longtail_seg.io_utils import atomic_path, atomic_write_json
 
 # LVIS frequency groups by number of training images: rare 1-10, common 11-100, frequent > 100.
 RARE_MAX_IMAGES = 10
@@ -158,12 +160,8 @@ def _summary(
     }
 
 
-def write_dataset_stats(stats: DatasetStats, out_dir) -> None:
+def write_dataset_stats(stats: DatasetStats, out_dir: str | Path) -> None:
     """Write category_stats.csv, image_repeat_factors.csv and summary.json atomically into ``out_dir``."""
-    from pathlib import Path
-
-    from longtail_seg.io_utils import atomic_path, atomic_write_json
-
     out = Path(out_dir)
     with atomic_path(out / "category_stats.csv") as tmp:
         stats.categories.to_csv(tmp, index=False)

@@ -15,8 +15,6 @@ if DATASET not in config["datasets"]:
         f"(defined: {sorted(config['datasets'])}); add it or pick one of those"
     )
 
-SPLITS = ["train", "val", "unlabeled"]
-
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
