@@ -168,3 +168,17 @@ def write_dataset_stats(stats: DatasetStats, out_dir: str | Path) -> None:
     with atomic_path(out / "image_repeat_factors.csv") as tmp:
         stats.images.to_csv(tmp, index=False)
     atomic_write_json(out / "summary.json", stats.summary, indent=2)
+
+
+def repeat_factors_of_images(image_category_ids: Sequence[Sequence[int]], threshold: float) -> np.ndarray:
+    """Image repeat factors r_i straight from each image's category ids (same definition as the stats step).
+
+    For training sets assembled in memory (train + pseudo-labelled images), where no statistics file exists.
+    """
+    present = [np.unique(np.asarray(list(ids), dtype=np.int64)) for ids in image_category_ids]
+    ann_image_index = np.repeat(np.arange(len(present)), [len(ids) for ids in present])
+    ann_category_ids = np.concatenate(present) if present else np.zeros(0, dtype=np.int64)
+    category_ids, ann_category_index = np.unique(ann_category_ids, return_inverse=True)
+    image_counts = np.bincount(ann_category_index, minlength=len(category_ids))
+    factors = category_repeat_factors(image_counts, len(present), threshold)
+    return image_repeat_factors(len(present), ann_image_index, ann_category_index, factors)

@@ -97,10 +97,69 @@ def train_settings(model):
     return {**config["train"], **config["models"][model].get("train", {})}
 
 
+def uses_pseudo_labels(model):
+    """Whether a retrained model trains on train + the pseudo-labelled unlabeled images."""
+    return bool(config["models"][model].get("pseudo_labels", False))
+
+
+def pseudo_label_file(dataset):
+    return f"results/{dataset}/pseudo/pseudo_labels.json"
+
+
+def retrain_pseudo_input(wildcards):
+    """The pseudo-label file for models with `pseudo_labels: true` (nothing for the others)."""
+    return (
+        [pseudo_label_file(wildcards.dataset)]
+        if uses_pseudo_labels(wildcards.model)
+        else []
+    )
+
+
+def mosaic_args(settings):
+    """--mosaic-cfg for a run with `mosaic: true` (empty otherwise, so the mosaic settings are not a parameter
+    of the runs that do not use them and changing them reruns only the mosaic models).
+    """
+    if not settings.get("mosaic", False):
+        return ""
+    return f"--mosaic-cfg '{as_json(config['augment']['mosaic'])}'"
+
+
+def retrain_extra_args(wildcards):
+    """Optional retraining arguments: the mosaic settings, and the pseudo labels with their strong augmentation.
+
+    A function of the wildcards only, so that Snakemake records it as a parameter and a change of these settings
+    reruns exactly the models that use them.
+    """
+    args = [mosaic_args(retrain_settings(wildcards.model))]
+    if uses_pseudo_labels(wildcards.model):
+        args += [
+            f"--pseudo-annotations {pseudo_label_file(wildcards.dataset)}",
+            f"--strong-augment-cfg '{as_json(config['augment']['strong'])}'",
+            f"--rfs-threshold {config['stats']['rfs_threshold']}",
+        ]
+    return " ".join(arg for arg in args if arg)
+
+
+def pseudo_teacher(wildcards):
+    """The teacher model of the pseudo labels (pseudo_labels.teacher)."""
+    teacher = config["pseudo_labels"]["teacher"]
+    return f"results/{wildcards.dataset}/models/{teacher}/model_final.pth"
+
+
+def any_model_uses_pseudo_labels():
+    return any(uses_pseudo_labels(name) for name in config["models"])
+
+
 def all_targets():
-    """Default target: the ablation tables of the configured dataset."""
-    return [
+    """Default target: the ablation tables of the configured dataset, the mosaic sample grid, and (synthetic data
+    with pseudo-label models) the pseudo-label precision against the hidden ground truth.
+    """
+    targets = [
         f"results/{DATASET}/tables/{table}.{ext}"
         for table in config["tables"]
         for ext in ("csv", "md")
     ]
+    targets.append(f"results/{DATASET}/figures/mosaic_samples.png")
+    if any_model_uses_pseudo_labels() and is_synthetic(DATASET):
+        targets.append(f"results/{DATASET}/pseudo/precision.json")
+    return targets

@@ -26,6 +26,7 @@ rule train_representation:
         model_cfg=lambda wc: as_json(config["model"]),
         train_cfg=lambda wc: as_json(train_settings(wc.model)),
         out_dir=lambda wc, output: Path(output.model).parent,
+        extra=lambda wc: mosaic_args(train_settings(wc.model)),
     shell:
         """
         if [ {resources.gpu} -gt 1 ]; then
@@ -35,15 +36,20 @@ rule train_representation:
         fi
         $launcher workflow_scripts/train.py --train-annotations {input.annotations} \
             --image-root {input.images} --repeat-factors {input.repeat_factors} \
-            --model-cfg '{params.model_cfg}' --train-cfg '{params.train_cfg}' \
+            --model-cfg '{params.model_cfg}' --train-cfg '{params.train_cfg}' {params.extra} \
             --out-dir {params.out_dir} --threads {threads} >{log} 2>&1
         """
 
 
 rule retrain_classifier:
-    """Decoupled classifier retraining: everything but a fresh box classifier (softmax or BGS) stays frozen."""
+    """Decoupled classifier retraining: everything but a fresh box classifier (softmax or BGS) stays frozen.
+
+    Models with `retrain: {mosaic: true}` see balanced mosaics; models with `pseudo_labels: true` also train on the
+    pseudo-labelled unlabeled images (strong augmentation on those only).
+    """
     input:
         model=source_model,
+        pseudo=retrain_pseudo_input,
         annotations=lambda wc: annotation_file(wc.dataset, "train"),
         images=lambda wc: image_root(wc.dataset),
         categories="results/{dataset}/stats/category_stats.csv",
@@ -58,7 +64,7 @@ rule retrain_classifier:
         model="|".join(models_of_stage("retrain")) or "__none__",
     conda:
         "../envs/longtail_seg.yaml"
-    threads: config["compute"]["train_threads"]
+    threads: config["compute"]["retrain_threads"]
     resources:
         gpu=config["compute"]["gpus"],
         mem_mb=config["compute"]["train_mem_mb"],
@@ -68,6 +74,7 @@ rule retrain_classifier:
         train_cfg=lambda wc: as_json(retrain_settings(wc.model)),
         out_dir=lambda wc, output: Path(output.model).parent,
         stats_dir=lambda wc, input: Path(input.categories).parent,
+        extra=retrain_extra_args,
     shell:
         """
         if [ {resources.gpu} -gt 1 ]; then
@@ -78,7 +85,8 @@ rule retrain_classifier:
         $launcher workflow_scripts/retrain.py --checkpoint {input.model} \
             --train-annotations {input.annotations} --image-root {input.images} \
             --stats-dir {params.stats_dir} --classifier-cfg '{params.classifier_cfg}' \
-            --train-cfg '{params.train_cfg}' --out-dir {params.out_dir} --threads {threads} >{log} 2>&1
+            --train-cfg '{params.train_cfg}' {params.extra} --out-dir {params.out_dir} \
+            --threads {threads} >{log} 2>&1
         """
 
 

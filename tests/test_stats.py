@@ -16,6 +16,7 @@ from longtail_seg.stats import (
     compute_dataset_stats,
     frequency_groups,
     image_repeat_factors,
+    repeat_factors_of_images,
     sampling_probabilities,
 )
 
@@ -124,3 +125,24 @@ def test_stats_scale_to_lvis_v1_size_with_real_category_table():
     np.testing.assert_array_equal(stats.categories["image_count"], image_counts)
     expected_groups = [c["frequency"] for c in cat_info]
     assert stats.categories["frequency"].tolist() == expected_groups
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 6), max_size=5), min_size=1, max_size=30), st.floats(0.01, 1.0))
+def test_repeat_factors_of_images_match_the_stats_step(image_categories, threshold):
+    """The in-memory repeat factors (train + pseudo sets) equal those of compute_dataset_stats on the same data."""
+    ann_images = [i for i, cats in enumerate(image_categories) for _ in cats]
+    ann_cats = [c for cats in image_categories for c in cats]
+    arrays = AnnotationArrays(
+        image_ids=np.arange(len(image_categories)), category_ids=np.arange(1, 7),
+        category_names=[str(c) for c in range(1, 7)], ann_image_ids=np.array(ann_images, dtype=np.int64),
+        ann_category_ids=np.array(ann_cats, dtype=np.int64), ann_bboxes=np.zeros((len(ann_cats), 4)),
+    )
+    expected = compute_dataset_stats(arrays, rfs_threshold=threshold).images["repeat_factor"].to_numpy()
+    np.testing.assert_allclose(repeat_factors_of_images(image_categories, threshold), expected)
+
+
+def test_repeat_factors_of_images_hand_computed():
+    # 4 images; category 7 in 1 of them (f = 0.25), category 8 in all; t = 1: r_7 = 2, r_8 = 1
+    factors = repeat_factors_of_images([{7, 8}, {8}, {8}, {8, 8}], threshold=1.0)
+    np.testing.assert_allclose(factors, [2.0, 1.0, 1.0, 1.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,10 +99,36 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
         assert list(frame.columns)[:5] == ["model", "AP", "APr", "APc", "APf"]
         assert "bbox_AP" in frame.columns
     table1 = pd.read_csv(results / "tables" / "table1.csv")
-    assert table1["model"].tolist() == ["Representation learning", "+BGS retraining", "+double classifier"]
+    assert table1["model"].tolist() == ["Representation learning", "+BGS retraining", "+double classifier",
+                                        "+balanced mosaic", "+unlabeled (pseudo labels)",
+                                        "control: double classifier, 2x iterations"]
     assert table1.loc[0, "AP"] == pytest.approx(metrics["segm"]["AP"], abs=0.05)
     predictions = json.loads((results / "predictions" / "representation" / "single_scale.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in predictions)
+    # pseudo labels: a non-empty LVIS file, its summary, and the precision against the hidden ground truth
+    pseudo = json.loads((results / "pseudo" / "pseudo_labels.json").read_text())
+    summary = json.loads((results / "pseudo" / "summary.json").read_text())
+    assert summary["images_kept"] == len(pseudo["images"]) > 0
+    precision = json.loads((results / "pseudo" / "precision.json").read_text())
+    assert precision["labels"]["all"] == len(pseudo["annotations"])
+    log = (workflow_copy / "logs" / "tiny" / "retrain_classifier" / "bgs_pseudo.log").read_text()
+    assert f"({len(pseudo['images'])} pseudo-labelled)" in log and "mosaic on" in log
+    assert (results / "figures" / "mosaic_samples.png").stat().st_size > 0
     # A second run finds everything up to date: nothing is retrained.
     again = _snakemake("-n", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # Changing one row's settings reruns only what depends on them.
+    assert _models_to_rebuild(workflow_copy, "pseudo_labels:\n  score_threshold: 0.1\n") == {
+        "bgs_pseudo", "bgs_class_aware_pseudo", "pseudo_double"}
+    assert _models_to_rebuild(workflow_copy, "augment:\n  mosaic:\n    prob: 0.5\n") == {
+        "bgs_mosaic", "bgs_class_aware_mosaic", "mosaic_double", "bgs_pseudo", "bgs_class_aware_pseudo",
+        "pseudo_double"}
+
+
+def _models_to_rebuild(workflow_copy: Path, override: str) -> set[str]:
+    """Models whose model_final.pth a dry run with tiny.yaml plus ``override`` (YAML text) would rebuild."""
+    extra = workflow_copy / "override.yaml"
+    extra.write_text(override)
+    result = _snakemake("-n", "--configfile", "configs/tiny.yaml", str(extra), cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr
+    return set(re.findall(r"output: results/tiny/models/([A-Za-z0-9_]+)/model_final.pth", result.stdout))

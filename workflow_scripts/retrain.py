@@ -2,8 +2,11 @@
 
 Loads the representation-learning detector, replaces its box classifier by a fresh one of --classifier-cfg
 (softmax, or bgs whose class groups are filled from STATS_DIR/category_stats.csv), freezes everything else and
-trains only the classifier with the sampler of --train-cfg. Writes OUT_DIR/model_final.pth, metrics.csv and
-checkpoints/ (a killed run resumes). Runs by hand, under Snakemake, or one process per GPU under torchrun:
+trains only the classifier with the sampler of --train-cfg. With `"mosaic": true` in --train-cfg the images go
+through the balanced mosaic (--mosaic-cfg); with --pseudo-annotations the pseudo-labelled unlabeled images join the
+training set, strongly augmented (--strong-augment-cfg), with repeat factors recomputed over both
+(--rfs-threshold). Writes OUT_DIR/model_final.pth, metrics.csv and checkpoints/ (a killed run resumes). Runs by
+hand, under Snakemake, or one process per GPU under torchrun:
 
     python workflow_scripts/retrain.py --checkpoint results/demo/models/representation/model_final.pth \
         --train-annotations train.json --image-root images/ --stats-dir results/demo/stats \
@@ -27,8 +30,8 @@ import torch  # noqa: E402
 
 from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E402
 
-from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
-from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
+from longtail_seg.augment.pipeline import build_training_data  # noqa: E402
+from longtail_seg.data.dataset import collate_detection  # noqa: E402
 from longtail_seg.engine.retrain import (  # noqa: E402
     RetrainConfig,
     build_retrain_sampler,
@@ -54,6 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-cfg", default="{}",
                         help="JSON object: the retraining section (train keys; sampler class_aware|repeat_factor|"
                              "uniform; images_per_category)")
+    parser.add_argument("--mosaic-cfg", default="{}",
+                        help="JSON object: the config's augment.mosaic section (used when --train-cfg has mosaic: true)")
+    parser.add_argument("--pseudo-annotations",
+                        help="LVIS JSON of pseudo-labelled images (rule pseudo_labels) to train on together with the "
+                             "training set; their file names are relative to --image-root")
+    parser.add_argument("--strong-augment-cfg", default="{}",
+                        help="JSON object: the config's augment.strong section (pseudo-labelled images only)")
+    parser.add_argument("--rfs-threshold", type=float,
+                        help="RFS threshold t for the repeat factors of train + pseudo (stats.rfs_threshold)")
     parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -83,14 +95,27 @@ def main(args: argparse.Namespace) -> None:
     classifier_cfg = fill_bgs_groups(classifier_cfg, category_stats, category_ids)  # bgs: groups from the stats
     rank, world_size, device = init_distributed_mode(args.device)
 
-    transforms = build_train_transforms(train_cfg.min_size_range, train_cfg.max_size, train_cfg.flip_prob)
-    dataset = LVISDetectionDataset(args.train_annotations, args.image_root, transforms=transforms,
-                                   category_ids=category_ids, with_masks=False)
-    repeat_factors = _stats_file(args.stats_dir, IMAGE_REPEAT_FACTORS) if train_cfg.sampler == "repeat_factor" else None
-    sampler = build_retrain_sampler(train_cfg, dataset, repeat_factors, num_replicas=world_size, rank=rank)
+    needs_csv = train_cfg.sampler == "repeat_factor" or train_cfg.mosaic
+    repeat_factors = _stats_file(args.stats_dir, IMAGE_REPEAT_FACTORS) if needs_csv else None
+    try:
+        data = build_training_data(
+            args.train_annotations, args.image_root, train_cfg, category_ids=category_ids, with_masks=False,
+            repeat_factor_csv=repeat_factors, mosaic_cfg=parse_json_object(args.mosaic_cfg, "--mosaic-cfg"),
+            pseudo_annotations=args.pseudo_annotations, rfs_threshold=args.rfs_threshold,
+            strong_cfg=parse_json_object(args.strong_augment_cfg, "--strong-augment-cfg"),
+        )
+    except ValueError as error:
+        raise SystemExit(f"retrain: {error}") from None
+    sampler = build_retrain_sampler(train_cfg, data.base, num_replicas=world_size, rank=rank,
+                                    repeat_factors=data.repeat_factors)
+    dataset = data.dataset
+    if rank == 0 and args.pseudo_annotations and data.num_pseudo_images == 0:
+        print(f"WARNING: {args.pseudo_annotations} has no pseudo-labelled image: retraining on the training set "
+              "only. Lower pseudo_labels.score_threshold or use a stronger teacher.", flush=True)
     if rank == 0:
         print(f"retraining a {classifier_cfg.get('type', 'softmax')} classifier on {args.checkpoint}: "
-              f"{len(dataset)} images, {dataset.num_classes} classes, sampler {train_cfg.sampler}, "
+              f"{len(dataset)} images ({data.num_pseudo_images} pseudo-labelled), {data.base.num_classes} classes, "
+              f"sampler {train_cfg.sampler}, mosaic {'on' if train_cfg.mosaic else 'off'}, "
               f"{world_size} process(es) on {device}", flush=True)
     start = time.perf_counter()
     result = retrain_classifier(args.checkpoint, dataset, sampler, classifier_cfg, train_cfg, args.out_dir, device,

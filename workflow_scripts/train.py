@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E402
 
-from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
-from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
+from longtail_seg.augment.pipeline import build_training_data  # noqa: E402
+from longtail_seg.data.dataset import collate_detection  # noqa: E402
 from longtail_seg.engine.train import TrainConfig, init_distributed_mode, seed_everything, train  # noqa: E402
 from longtail_seg.models.detector import build_detector, resolve_model_cfg  # noqa: E402
 from longtail_seg.sampling import build_sampler  # noqa: E402
@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat-factors", help="image_repeat_factors.csv (needed for sampler: repeat_factor)")
     parser.add_argument("--model-cfg", default="{}", help="JSON object: the config's `model:` section")
     parser.add_argument("--train-cfg", default="{}", help="JSON object: the config's `train:` section")
+    parser.add_argument("--mosaic-cfg", default="{}",
+                        help="JSON object: the config's augment.mosaic section (used when --train-cfg has mosaic: true)")
     parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -52,12 +54,17 @@ def main(args: argparse.Namespace) -> None:
     train_cfg = TrainConfig.from_dict(parse_json_object(args.train_cfg, "--train-cfg"))
     rank, world_size, device = init_distributed_mode(args.device)
 
-    transforms = build_train_transforms(train_cfg.min_size_range, train_cfg.max_size, train_cfg.flip_prob)
-    dataset = LVISDetectionDataset(args.train_annotations, args.image_root, transforms=transforms)
-    if train_cfg.sampler == "repeat_factor" and not args.repeat_factors:
-        raise SystemExit("train.sampler is repeat_factor: pass --repeat-factors image_repeat_factors.csv")
+    if (train_cfg.sampler == "repeat_factor" or train_cfg.mosaic) and not args.repeat_factors:
+        raise SystemExit("train.sampler repeat_factor and train.mosaic need --repeat-factors image_repeat_factors.csv")
+    try:
+        data = build_training_data(args.train_annotations, args.image_root, train_cfg,
+                                   repeat_factor_csv=args.repeat_factors,
+                                   mosaic_cfg=parse_json_object(args.mosaic_cfg, "--mosaic-cfg"))
+    except ValueError as error:
+        raise SystemExit(f"train: {error}") from None
+    dataset = data.base
     sampler = build_sampler(
-        train_cfg.sampler, len(dataset), repeat_factor_csv=args.repeat_factors, image_ids=dataset.image_ids,
+        train_cfg.sampler, len(dataset), repeat_factors=data.repeat_factors, image_ids=dataset.image_ids,
         seed=train_cfg.seed, num_replicas=world_size, rank=rank,
     )
     seed_everything(train_cfg.seed)  # the initial weights, too, follow train.seed
@@ -65,9 +72,10 @@ def main(args: argparse.Namespace) -> None:
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
         print(f"{len(dataset)} images, {dataset.num_classes} classes, {params / 1e6:.2f} M parameters, "
-              f"{world_size} process(es) on {device}, sampler {train_cfg.sampler}", flush=True)
+              f"{world_size} process(es) on {device}, sampler {train_cfg.sampler}, "
+              f"mosaic {'on' if train_cfg.mosaic else 'off'}", flush=True)
     start = time.perf_counter()
-    result = train(model, dataset, sampler, train_cfg, args.out_dir, device, model_cfg=model_cfg,
+    result = train(model, data.dataset, sampler, train_cfg, args.out_dir, device, model_cfg=model_cfg,
                    category_ids=dataset.category_ids, collate_fn=collate_detection)
     finish_training_run(result, "trained", time.perf_counter() - start, rank)
 

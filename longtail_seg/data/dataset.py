@@ -159,3 +159,53 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[lis
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]
     return images, targets
+
+
+class ConcatDetectionDataset(torch.utils.data.ConcatDataset):
+    """Several LVISDetectionDatasets over the same categories as one (e.g. train + pseudo-labelled images).
+
+    Keeps the interface the samplers and the retraining need: ``image_ids`` (in index order), ``category_ids``,
+    ``num_classes``, ``label_of``/``category_of`` and ``image_category_ids``. Image ids must be unique across parts.
+    """
+
+    def __init__(self, datasets: Sequence[LVISDetectionDataset]) -> None:
+        super().__init__(list(datasets))
+        first = self.datasets[0]
+        for part in self.datasets[1:]:
+            if list(part.category_ids) != list(first.category_ids):
+                raise DatasetError(
+                    f"{part.annotation_file}: its category ids differ from those of {first.annotation_file}; "
+                    "build every part with the same category_ids"
+                )
+        self.category_ids: list[int] = list(first.category_ids)
+        self.image_ids: list[int] = [image_id for part in self.datasets for image_id in part.image_ids]
+        seen: dict[int, str] = {}
+        for part in self.datasets:
+            for image_id in part.image_ids:
+                if image_id in seen:
+                    raise DatasetError(
+                        f"image id {image_id} is in both {seen[image_id]} and {part.annotation_file}; "
+                        "image ids must be unique across the combined annotation files"
+                    )
+                seen[image_id] = part.annotation_file
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label_of(self, category_id: int) -> int:
+        return self.datasets[0].label_of(category_id)
+
+    def category_of(self, label: int) -> int:
+        return self.datasets[0].category_of(label)
+
+    def image_category_ids(self, index: int) -> set[int]:
+        """Category ids present in the image at combined ``index``."""
+        part, local = self._locate(index)
+        return self.datasets[part].image_category_ids(local)
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        part = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
+        return part, index - (self.cumulative_sizes[part - 1] if part else 0)

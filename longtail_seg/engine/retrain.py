@@ -57,6 +57,7 @@ class RetrainConfig(TrainConfig):
 
     sampler: str = "class_aware"  # class_aware | repeat_factor | uniform
     images_per_category: int = 5  # class_aware only: images drawn per category each epoch (k)
+    rois_per_image: int | None = None  # RoIs sampled per image for the classifier loss (null: the model's own)
 
     def validate(self) -> None:
         """Stage-1 checks plus the retraining sampler and ``images_per_category``."""
@@ -65,6 +66,8 @@ class RetrainConfig(TrainConfig):
             raise ValueError(f"retrain.sampler must be one of {list(RETRAIN_SAMPLERS)}, got {self.sampler!r}")
         if self.images_per_category < 1:
             raise ValueError(f"retrain.images_per_category must be >= 1, got {self.images_per_category}")
+        if self.rois_per_image is not None and self.rois_per_image < 1:
+            raise ValueError(f"retrain.rois_per_image must be >= 1 or null, got {self.rois_per_image}")
 
 
 # ------------------------------------------------------------------------------------------- model preparation
@@ -188,6 +191,8 @@ def retrain_classifier(
         )
     seed_everything(cfg.seed)  # the fresh classifier's initial weights follow the seed
     prepare_for_classifier_retraining(model, classifier_cfg)
+    if cfg.rois_per_image is not None:  # a training-time choice: model_final.pth keeps the model's own setting
+        model.roi_heads.fg_bg_sampler.batch_size_per_image = int(cfg.rois_per_image)
     return train(model, dataset, sampler, cfg, out_dir, device, model_cfg=model.model_cfg,
                  category_ids=meta["category_ids"], collate_fn=collate_fn)
 
@@ -206,8 +211,10 @@ def build_retrain_sampler(
     repeat_factor_csv: str | os.PathLike | None = None,
     num_replicas: int | None = None,
     rank: int | None = None,
+    repeat_factors: Sequence[float] | None = None,
 ) -> Any:
-    """The sampler ``cfg.sampler`` names over ``dataset`` (an LVISDetectionDataset), seeded by ``cfg.seed``."""
+    """The sampler ``cfg.sampler`` names over ``dataset`` (an LVISDetectionDataset or ConcatDetectionDataset),
+    seeded by ``cfg.seed``. repeat_factor takes ``repeat_factors`` (dataset order) or reads ``repeat_factor_csv``."""
     from longtail_seg.sampling import build_sampler
 
     common = dict(seed=cfg.seed, num_replicas=num_replicas, rank=rank)
@@ -216,10 +223,10 @@ def build_retrain_sampler(
         return build_sampler("class_aware", len(dataset), image_category_ids=image_category_ids,
                              images_per_category=cfg.images_per_category, **common)
     if cfg.sampler == "repeat_factor":
-        if repeat_factor_csv is None:
+        if repeat_factors is None and repeat_factor_csv is None:
             raise ValueError("retrain sampler repeat_factor needs image_repeat_factors.csv (the stats step's output)")
-        return build_sampler("repeat_factor", len(dataset), repeat_factor_csv=repeat_factor_csv,
-                             image_ids=dataset.image_ids, **common)
+        return build_sampler("repeat_factor", len(dataset), repeat_factors=repeat_factors,
+                             repeat_factor_csv=repeat_factor_csv, image_ids=dataset.image_ids, **common)
     return build_sampler(cfg.sampler, len(dataset), **common)
 
 

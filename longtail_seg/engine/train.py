@@ -64,6 +64,8 @@ class TrainConfig:
     min_size_range: Any = field(default_factory=lambda: [112, 144])  # training short side, [lo, hi] or int
     max_size: int = 240  # cap on the long side after resize
     flip_prob: float = 0.5  # horizontal flip probability
+    mosaic: bool = False  # balanced mosaic (augment/mosaic.py, settings in the config's augment.mosaic) instead of
+    #                       the plain resize + flip pipeline
     num_workers: int = 1  # DataLoader worker processes
     checkpoint_period: int = 200  # iterations between checkpoints/last.pth writes
     log_period: int = 20  # iterations between metrics.csv rows
@@ -333,6 +335,8 @@ class _TrainLoop:
         """Batches of the current epoch after the ``batch_in_epoch`` already done (resume mid-epoch)."""
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(progress.epoch)
+        if hasattr(dataset, "set_epoch"):  # e.g. the balanced mosaic: new partners every epoch
+            dataset.set_epoch(progress.epoch)
         indices = list(iter(sampler))
         num_batches = len(indices) // self.cfg.batch_size
         if num_batches == 0:

@@ -8,7 +8,9 @@ Mask encoding is the expensive part on CPU, so each detection's mask is threshol
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -228,6 +230,57 @@ def predict_dataset(
     finally:
         model.train(was_training)
     return results
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """One ``tests:`` entry of config.yaml (single-scale test)."""
+
+    min_size: int = 800
+    max_size: int = 1333
+    batch_size: int = 8
+    num_workers: int = 0
+    max_dets: int = LVIS_MAX_DETS_PER_IMAGE  # detections per image (LVIS allows 300); also sets the model's own cap
+    mask_threshold: float = 0.5
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "TestConfig":
+        """Build from a config dict; unknown keys raise with the known ones."""
+        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"test config: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**cfg)
+
+
+def predict_annotation_file(
+    checkpoint: str | os.PathLike,
+    annotation_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    cfg: TestConfig,
+    device: str | torch.device = "cpu",
+    score_threshold: float | None = None,
+) -> tuple[list[dict], int, float]:
+    """Run a model_final.pth over the images of an LVIS-format file (annotations optional).
+
+    Returns (LVIS results, number of images, seconds). ``score_threshold`` raises the model's own detection score
+    threshold (e.g. a pseudo-label teacher keeps only confident detections, which skips most mask work).
+    """
+    from longtail_seg.data.dataset import LVISDetectionDataset
+    from longtail_seg.data.transforms import build_test_transforms
+    from longtail_seg.models.detector import load_detector
+
+    device = torch.device(device)
+    model, meta = load_detector(checkpoint, map_location=device)
+    model.to(device)
+    model.roi_heads.detections_per_img = cfg.max_dets  # a test-time choice: no retraining to change it
+    if score_threshold is not None:
+        model.roi_heads.score_thresh = max(float(score_threshold), model.roi_heads.score_thresh)
+    dataset = LVISDetectionDataset(annotation_file, image_root, transforms=build_test_transforms(cfg.min_size,
+                                   cfg.max_size), category_ids=meta["category_ids"], with_masks=False)
+    start = time.perf_counter()
+    results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                              max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
+    return results, len(dataset), time.perf_counter() - start
 
 
 def write_results(path: str | os.PathLike, results: list[dict]) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail_seg.data.lvis_io import DatasetError
-from longtail_seg.models.classifiers import _reject_unknown_keys, register_classifier
+from longtail_seg.models.classifiers import _reject_unknown_keys, feature_dropout, register_classifier
 
 STATS_COLUMNS = ("category_id", "bgs_group")
 
@@ -43,10 +43,13 @@ class BalancedGroupSoftmaxClassifier(nn.Module):
         num_classes: int,
         class_groups: Sequence[int],
         others_sample_ratio: float | None = 8.0,
+        dropout: float = 0.0,
     ) -> None:
         """``class_groups[j - 1]`` is the group id (>= 1) of label j; ids need not be contiguous (empty groups are
-        dropped). ``others_sample_ratio``: "others" RoIs kept per in-group RoI in each group g >= 1 (None = all)."""
+        dropped). ``others_sample_ratio``: "others" RoIs kept per in-group RoI in each group g >= 1 (None = all).
+        ``dropout``: drop probability on the input features while training (0 = off)."""
         super().__init__()
+        self.dropout = feature_dropout(dropout)
         groups = _validated_groups(class_groups, num_classes)
         if others_sample_ratio is not None and not others_sample_ratio >= 0:
             raise ValueError(f"others_sample_ratio must be >= 0 or None, got {others_sample_ratio}")
@@ -62,13 +65,15 @@ class BalancedGroupSoftmaxClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> BalancedGroupSoftmaxClassifier:
         """Build from ``{"type": "bgs", "class_groups": [...], "others_sample_ratio": 8}`` (model.classifier)."""
-        _reject_unknown_keys(cfg, allowed={"type", "class_groups", "others_sample_ratio"}, what="bgs classifier")
+        allowed = {"type", "class_groups", "others_sample_ratio", "dropout"}
+        _reject_unknown_keys(cfg, allowed=allowed, what="bgs classifier")
         if "class_groups" not in cfg:
             raise ValueError(
                 "the bgs classifier config needs class_groups (group id per label 1..C); build it with "
                 "class_groups_from_stats(results/{dataset}/stats/category_stats.csv, category_ids)"
             )
-        return cls(in_features, num_classes, cfg["class_groups"], cfg.get("others_sample_ratio", 8.0))
+        return cls(in_features, num_classes, cfg["class_groups"], cfg.get("others_sample_ratio", 8.0),
+                   cfg.get("dropout", 0.0))
 
     @property
     def num_groups(self) -> int:
@@ -82,7 +87,7 @@ class BalancedGroupSoftmaxClassifier(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """All groups' logits concatenated, [R, sum of group sizes], for RoI features [R, D]."""
-        return self.cls_score(features.flatten(start_dim=1))
+        return self.cls_score(self.dropout(features.flatten(start_dim=1)))
 
     def group_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
         """Cross-entropy of each group (group 0 first), averaged over the RoIs that group uses."""

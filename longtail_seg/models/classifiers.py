@@ -40,21 +40,23 @@ def register_classifier(name: str) -> Callable[[type[nn.Module]], type[nn.Module
 class SoftmaxClassifier(nn.Module):
     """Plain (C+1)-way softmax classifier: torchvision's FastRCNNPredictor ``cls_score`` layer."""
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        """``num_classes`` counts foreground classes only (C); the layer outputs C+1 logits."""
+    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0) -> None:
+        """``num_classes`` counts foreground classes only (C); the layer outputs C+1 logits. ``dropout``: drop
+        probability on the input features while training (the report's pseudo-label retraining), 0 = off."""
         super().__init__()
         self.num_classes = num_classes
+        self.dropout = feature_dropout(dropout)
         self.cls_score = nn.Linear(in_features, num_classes + 1)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> "SoftmaxClassifier":
-        """Build from the ``model.classifier`` config section (no extra keys for plain softmax)."""
-        _reject_unknown_keys(cfg, allowed={"type"}, what="softmax classifier")
-        return cls(in_features, num_classes)
+        """Build from the ``model.classifier`` config section (optional ``dropout``)."""
+        _reject_unknown_keys(cfg, allowed={"type", "dropout"}, what="softmax classifier")
+        return cls(in_features, num_classes, cfg.get("dropout", 0.0))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits [R, C+1] for RoI features [R, D] (flattened if needed)."""
-        return self.cls_score(features.flatten(start_dim=1))
+        return self.cls_score(self.dropout(features.flatten(start_dim=1)))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over sampled RoIs (labels in 0..C, 0 = background)."""
@@ -63,6 +65,16 @@ class SoftmaxClassifier(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities [R, C+1], background in column 0."""
         return F.softmax(logits, dim=-1)
+
+
+def feature_dropout(probability: float) -> nn.Module:
+    """Dropout on a classifier's input features (active in training only), or an identity for probability 0.
+
+    Dropout has no weights, so a classifier trained with it loads into one built without it and vice versa.
+    """
+    if not 0.0 <= float(probability) < 1.0:
+        raise ValueError(f"classifier dropout must be in [0, 1), got {probability}")
+    return nn.Dropout(float(probability)) if probability > 0 else nn.Identity()
 
 
 class BoxRegressor(nn.Module):

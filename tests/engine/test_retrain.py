@@ -171,7 +171,7 @@ SCRIPT_CFG = {"batch_size": 2, "epochs": 2, "min_size_range": [32, 40], "max_siz
               "log_period": 1, "checkpoint_period": 2, "progress_bar": False, "warmup_iters": 1}
 
 
-def _run_retrain_script(small_lvis, tmp_path: Path, classifier_cfg: dict, **train_cfg) -> Path:
+def _run_retrain_script(small_lvis, tmp_path: Path, classifier_cfg: dict, extra_args: tuple = (), **train_cfg) -> Path:
     annotations, image_root = small_lvis
     checkpoint = tmp_path / "rep.pth"
     if not checkpoint.exists():
@@ -189,7 +189,7 @@ def _run_retrain_script(small_lvis, tmp_path: Path, classifier_cfg: dict, **trai
         "--checkpoint", str(checkpoint), "--train-annotations", str(annotations), "--image-root", str(image_root),
         "--stats-dir", str(stats), "--classifier-cfg", json.dumps(classifier_cfg),
         "--train-cfg", json.dumps({**SCRIPT_CFG, **train_cfg}), "--out-dir", str(out), "--device", "cpu",
-        "--threads", "1",
+        "--threads", "1", *extra_args,
     ]))
     return out
 
@@ -215,3 +215,69 @@ def test_script_fills_bgs_groups_from_the_stats(small_lvis, tmp_path: Path) -> N
     _, meta = load_detector(out / "model_final.pth")
     assert meta["model_cfg"]["classifier"]["type"] == "bgs"
     assert len(meta["model_cfg"]["classifier"]["class_groups"]) == 3
+
+
+def _pseudo_file(small_lvis) -> Path:
+    """Two pseudo-labelled images (ids 101, 102, category 3) next to the fixture's images."""
+    from PIL import Image
+
+    annotations, image_root = small_lvis
+    data = json.loads(annotations.read_text())
+    images = []
+    for image_id in (101, 102):
+        Image.new("RGB", (32, 32), (200, 200, 200)).save(image_root / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 32, "width": 32})
+    anns = [{"id": k, "image_id": i, "category_id": 3, "bbox": [4, 4, 12, 12], "area": 144, "score": 0.9}
+            for k, i in enumerate((101, 102), start=1)]
+    path = annotations.parent / "pseudo.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": data["categories"]}))
+    return path
+
+
+def test_script_retrains_on_mosaics_of_train_and_pseudo_images(small_lvis, tmp_path: Path, monkeypatch, capsys):
+    """Mosaic + pseudo labels: the loop gets a BalancedMosaic over train + pseudo images, the RFS sampler the
+    repeat factors of the union (category 3 exists only in the pseudo images), and rois_per_image reaches the
+    model while model_final.pth keeps the model's own setting."""
+    from longtail_seg.augment.mosaic import BalancedMosaic
+
+    script = _retrain_script()
+    seen = {}
+    real = script.retrain_classifier
+
+    def spy(checkpoint, dataset, sampler, classifier_cfg, train_cfg, out_dir, device, collate_fn=None):
+        seen.update(dataset=dataset, sampler=sampler, cfg=train_cfg)
+        return real(checkpoint, dataset, sampler, classifier_cfg, train_cfg, out_dir, device, collate_fn=collate_fn)
+
+    monkeypatch.setattr(script, "retrain_classifier", spy)
+    monkeypatch.setattr("tests.engine.test_retrain._retrain_script", lambda: script)
+    extra = ("--mosaic-cfg", json.dumps({"output_size": 48, "scale_range": [1, 1]}),
+             "--pseudo-annotations", str(_pseudo_file(small_lvis)), "--rfs-threshold", "0.9",
+             "--strong-augment-cfg", json.dumps({"cutout_prob": 1.0}))
+    out = _run_retrain_script(small_lvis, tmp_path, {"type": "softmax", "dropout": 0.3}, extra_args=extra,
+                              sampler="repeat_factor", mosaic=True, rois_per_image=7, epochs=1)
+    assert "(2 pseudo-labelled)" in capsys.readouterr().out
+    mosaic = seen["dataset"]
+    assert isinstance(mosaic, BalancedMosaic) and mosaic.dataset.image_ids == [1, 2, 3, 101, 102]
+    image, target = mosaic[3]
+    assert image.shape == (3, 48, 48) and len(target["mosaic_image_ids"]) == 4
+    # t = 0.9 over 5 images: category 3 in 2 of them (f = 0.4) -> r = 1.5 for the pseudo images
+    assert seen["sampler"].repeat_factors[3:].tolist() == pytest.approx([1.5, 1.5])
+    assert seen["cfg"].rois_per_image == 7
+    model, meta = load_detector(out / "model_final.pth")
+    assert meta["model_cfg"]["classifier"] == {"type": "softmax", "dropout": 0.3}
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == TEST_MODEL_CFG.get("box_batch_size_per_image", 32)
+
+
+def test_script_warns_when_the_pseudo_file_is_empty(small_lvis, tmp_path: Path, capsys):
+    annotations, _ = small_lvis
+    empty = annotations.parent / "empty_pseudo.json"
+    empty.write_text(json.dumps({"images": [], "annotations": [],
+                                 "categories": json.loads(annotations.read_text())["categories"]}))
+    _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, sampler="uniform", epochs=1,
+                        extra_args=("--pseudo-annotations", str(empty), "--rfs-threshold", "0.5"))
+    assert "has no pseudo-labelled image" in capsys.readouterr().out
+
+
+def test_rois_per_image_must_be_positive():
+    with pytest.raises(ValueError, match="rois_per_image"):
+        RetrainConfig.from_dict({"rois_per_image": 0})

@@ -71,3 +71,48 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(small_lvis,
     for key, value in weights["a"].items():
         assert torch.equal(value, weights["b"][key]), f"{key} differs between two runs with the same seed"
     assert any(not torch.equal(value, weights["c"][key]) for key, value in weights["a"].items())
+
+
+def test_script_trains_on_balanced_mosaics_with_masks(small_lvis, tmp_path: Path, monkeypatch, capsys) -> None:
+    """train.mosaic: the loop gets a BalancedMosaic (masks included, partners from the repeat factors) and
+    training runs through it to model_final.pth."""
+    from longtail_seg.augment.mosaic import BalancedMosaic
+
+    annotations, image_root = small_lvis
+    script = _script()
+    seen = {}
+    real = script.train
+
+    def spy(model, dataset, sampler, *args, **kwargs):
+        seen["dataset"] = dataset
+        return real(model, dataset, sampler, *args, **kwargs)
+
+    monkeypatch.setattr(script, "train", spy)
+    monkeypatch.setattr("tests.engine.test_train_script._script", lambda: script)
+    args = script.parse_args([
+        "--train-annotations", str(annotations), "--image-root", str(image_root),
+        "--repeat-factors", str(_write_factors(tmp_path)), "--model-cfg", json.dumps(TEST_MODEL_CFG),
+        "--train-cfg", json.dumps({**TRAIN_CFG, "mosaic": True, "epochs": 1}),
+        "--mosaic-cfg", json.dumps({"output_size": 64, "scale_range": [1, 1], "center_range": [1, 1]}),
+        "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--threads", "1",
+    ])
+    script.main(args)
+    assert "mosaic on" in capsys.readouterr().out
+    mosaic = seen["dataset"]
+    assert isinstance(mosaic, BalancedMosaic)
+    assert mosaic.sampling_prob.tolist() == pytest.approx([0.25, 0.5, 0.25])
+    image, target = mosaic[0]
+    assert image.shape == (3, 64, 64) and target["masks"].shape == (len(target["labels"]), 64, 64)
+    assert load_detector(tmp_path / "out" / "model_final.pth")[1]["iteration"] >= 1
+
+
+def test_unknown_mosaic_key_fails_with_its_name(small_lvis, tmp_path: Path) -> None:
+    annotations, image_root = small_lvis
+    script = _script()
+    args = script.parse_args([
+        "--train-annotations", str(annotations), "--image-root", str(image_root),
+        "--repeat-factors", str(_write_factors(tmp_path)), "--train-cfg", json.dumps({**TRAIN_CFG, "mosaic": True}),
+        "--mosaic-cfg", '{"tile_size": 3}', "--out-dir", str(tmp_path / "out"),
+    ])
+    with pytest.raises(SystemExit, match="tile_size"):
+        script.main(args)

@@ -1,0 +1,61 @@
+rule pseudo_labels:
+    """Pseudo labels: the teacher's detections with score >= pseudo_labels.score_threshold on the unlabeled images,
+    keeping only images with at least one rare-category label (LVIS JSON with boxes, labels, RLE masks).
+    """
+    input:
+        teacher=pseudo_teacher,
+        unlabeled=lambda wc: annotation_file(wc.dataset, "unlabeled"),
+        images=lambda wc: image_root(wc.dataset),
+        train=lambda wc: annotation_file(wc.dataset, "train"),
+        categories="results/{dataset}/stats/category_stats.csv",
+    output:
+        pseudo="results/{dataset}/pseudo/pseudo_labels.json",
+        summary="results/{dataset}/pseudo/summary.json",
+    log:
+        "logs/{dataset}/pseudo_labels.log",
+    benchmark:
+        "benchmarks/out/{dataset}/pseudo_labels.tsv"
+    conda:
+        "../envs/longtail_seg.yaml"
+    threads: config["compute"]["infer_threads"]
+    resources:
+        gpu=min(config["compute"]["gpus"], 1),
+        mem_mb=config["compute"]["infer_mem_mb"],
+        runtime=config["compute"]["infer_runtime_min"],
+    params:
+        test_cfg=lambda wc: as_json(config["tests"][config["pseudo_labels"]["test"]]),
+        threshold=config["pseudo_labels"]["score_threshold"],
+        keep=lambda wc: (
+            "" if config["pseudo_labels"]["rare_only"] else "--keep-all-images"
+        ),
+        nms=lambda wc: (
+            ""
+            if config["pseudo_labels"]["class_agnostic_nms_iou"] is None
+            else f"--class-agnostic-nms {config['pseudo_labels']['class_agnostic_nms_iou']}"
+        ),
+    shell:
+        "python workflow_scripts/pseudo_labels.py --teacher {input.teacher} --unlabeled {input.unlabeled}"
+        " --image-root {input.images} --train-annotations {input.train} --category-stats {input.categories}"
+        " --test-cfg '{params.test_cfg}' --score-threshold {params.threshold} {params.keep} {params.nms}"
+        " --out {output.pseudo} --summary {output.summary} --threads {threads} > {log} 2>&1"
+
+
+rule pseudo_label_precision:
+    """Precision of the pseudo labels against the unlabeled split's hidden ground truth (synthetic data only;
+    training never reads that file)."""
+    input:
+        pseudo="results/{dataset}/pseudo/pseudo_labels.json",
+        hidden_gt="data/{dataset}/annotations/unlabeled_hidden_gt.json",
+        categories="results/{dataset}/stats/category_stats.csv",
+    output:
+        "results/{dataset}/pseudo/precision.json",
+    log:
+        "logs/{dataset}/pseudo_label_precision.log",
+    benchmark:
+        "benchmarks/out/{dataset}/pseudo_label_precision.tsv"
+    localrule: True
+    conda:
+        "../envs/longtail_seg.yaml"
+    shell:
+        "python workflow_scripts/pseudo_label_precision.py --pseudo {input.pseudo} --hidden-gt {input.hidden_gt}"
+        " --category-stats {input.categories} --out {output} > {log} 2>&1"

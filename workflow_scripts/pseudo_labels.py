@@ -1,0 +1,103 @@
+"""Pseudo labels: run a teacher on the unlabeled images, keep confident detections on images with a rare category.
+
+    python workflow_scripts/pseudo_labels.py --teacher results/demo/models/mosaic_double/model_final.pth \
+        --unlabeled data/demo/annotations/unlabeled.json --image-root data/demo/images \
+        --train-annotations data/demo/annotations/train.json --category-stats results/demo/stats/category_stats.csv \
+        --test-cfg '{"min_size": 128, "max_size": 240}' --score-threshold 0.8 \
+        --out results/demo/pseudo/pseudo_labels.json --summary results/demo/pseudo/summary.json
+
+Or from an existing predictions file instead of a teacher (--predictions teacher_predictions.json). Writes an
+LVIS-format file of the kept images with their pseudo labels (boxes, categories, RLE masks, scores) and a summary
+(images kept, labels per frequency group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from longtail_seg.cli import parse_json_object  # noqa: E402
+from longtail_seg.data.lvis_io import DatasetError, load_json, load_lvis  # noqa: E402
+from longtail_seg.engine.train import resolve_device  # noqa: E402
+from longtail_seg.inference.predict import TestConfig, predict_annotation_file  # noqa: E402
+from longtail_seg.io_utils import atomic_write_json  # noqa: E402
+from longtail_seg.pseudo_labels import (  # noqa: E402
+    DEFAULT_SCORE_THRESHOLD,
+    filter_pseudo_labels,
+    pseudo_label_dataset,
+    pseudo_label_summary,
+    read_frequency_groups,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", help="model_final.pth of the teacher (the best retrained model)")
+    source.add_argument("--predictions", help="LVIS results JSON of the teacher on the unlabeled images")
+    parser.add_argument("--unlabeled", required=True, help="LVIS/COCO JSON listing the unlabeled images")
+    parser.add_argument("--image-root", required=True, help="folder the unlabeled images' file names are relative to")
+    parser.add_argument("--train-annotations", required=True, help="training annotations (the category records)")
+    parser.add_argument("--category-stats", required=True, help="category_stats.csv (frequency group per category)")
+    parser.add_argument("--test-cfg", default="{}", help="JSON object: the teacher's test setting (a `tests:` entry)")
+    parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                        help=f"keep detections with score >= this (default {DEFAULT_SCORE_THRESHOLD})")
+    parser.add_argument("--class-agnostic-nms", type=float, default=None, metavar="IOU",
+                        help="one label per object: drop labels overlapping a higher-scored one of any class by more "
+                             "than IOU (default: off)")
+    parser.add_argument("--keep-all-images", action="store_true",
+                        help="keep every image with a pseudo label (default: only images with a rare-category label)")
+    parser.add_argument("--out", required=True, help="LVIS JSON of the pseudo-labelled images to write")
+    parser.add_argument("--summary", required=True, help="summary JSON to write")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        frequency_of = read_frequency_groups(args.category_stats)
+        unlabeled = load_lvis(args.unlabeled, image_root=args.image_root, require_annotations=False)
+        categories = load_json(args.train_annotations)["categories"]
+    except DatasetError as error:
+        raise SystemExit(f"pseudo_labels: {error}") from None
+    if args.teacher:
+        try:
+            cfg = TestConfig.from_dict(parse_json_object(args.test_cfg, "--test-cfg"))
+        except ValueError as error:
+            raise SystemExit(f"--test-cfg: {error}") from None
+        predictions, num_images, elapsed = predict_annotation_file(
+            args.teacher, args.unlabeled, args.image_root, cfg, resolve_device(args.device),
+            score_threshold=args.score_threshold,
+        )
+        print(f"teacher {args.teacher}: {len(predictions)} detections with score >= {args.score_threshold} on "
+              f"{num_images} images in {elapsed:.1f}s", flush=True)
+    else:
+        predictions = load_json(args.predictions)
+        if not isinstance(predictions, list):
+            raise SystemExit(f"{args.predictions}: expected a JSON list of LVIS results")
+    rare_only = not args.keep_all_images
+    try:
+        kept = filter_pseudo_labels(predictions, frequency_of, args.score_threshold, rare_only,
+                                    args.class_agnostic_nms)
+        dataset = pseudo_label_dataset(kept, unlabeled, categories)
+    except DatasetError as error:
+        raise SystemExit(f"pseudo_labels: {error}") from None
+    summary = pseudo_label_summary(dataset, len(unlabeled["images"]), frequency_of, args.score_threshold, rare_only)
+    summary["class_agnostic_nms_iou"] = args.class_agnostic_nms
+    atomic_write_json(args.out, dataset)
+    atomic_write_json(args.summary, summary, indent=2)
+    print(f"kept {summary['images_kept']} of {summary['unlabeled_images']} images, {summary['labels']} pseudo labels "
+          f"{summary['labels_per_group']} -> {args.out}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())
