@@ -12,17 +12,17 @@ category with box IoU >= 0.5, greedily in score order, as detection evaluation m
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import os
 
 import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
 from longtail_seg.data.lvis_io import DatasetError
+from longtail_seg.data.masks import segmentation_to_rle
 
 GROUPS = {"r": "rare", "c": "common", "f": "frequent"}
 DEFAULT_SCORE_THRESHOLD = 0.8
@@ -110,7 +110,7 @@ def pseudo_label_dataset(
         record.update(neg_category_ids=[], not_exhaustive_category_ids=[], pseudo_labeled=True)
         images.append(record)
         for prediction in kept[image_id]:
-            annotations.append(_annotation(len(annotations) + 1, image_id, prediction))
+            annotations.append(_annotation(len(annotations) + 1, record, prediction))
     return {
         "info": {"description": "pseudo labels from a teacher model (longtail_seg.pseudo_labels)"},
         "images": images,
@@ -119,20 +119,16 @@ def pseudo_label_dataset(
     }
 
 
-def _annotation(annotation_id: int, image_id: int, prediction: Mapping[str, Any]) -> dict[str, Any]:
+def _annotation(annotation_id: int, image: Mapping[str, Any], prediction: Mapping[str, Any]) -> dict[str, Any]:
     x, y, w, h = (float(v) for v in prediction["bbox"])
-    annotation = {"id": annotation_id, "image_id": image_id, "category_id": int(prediction["category_id"]),
+    annotation = {"id": annotation_id, "image_id": int(image["id"]), "category_id": int(prediction["category_id"]),
                   "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0, "score": float(prediction["score"])}
     segmentation = prediction.get("segmentation")
     if segmentation is not None:
         annotation["segmentation"] = segmentation
-        annotation["area"] = float(mask_utils.area(_rle_bytes(segmentation)))
+        rle = segmentation_to_rle(segmentation, int(image["height"]), int(image["width"]))
+        annotation["area"] = float(mask_utils.area(rle))
     return annotation
-
-
-def _rle_bytes(rle: Mapping[str, Any]) -> dict[str, Any]:
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def pseudo_label_summary(

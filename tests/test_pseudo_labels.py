@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from longtail_seg.data.dataset import LVISDetectionDataset
 from longtail_seg.data.lvis_io import DatasetError, validate_dataset
+from longtail_seg.data.masks import encode_mask
 from longtail_seg.pseudo_labels import (
     filter_pseudo_labels,
     pseudo_label_dataset,
@@ -27,11 +27,9 @@ CATEGORIES = [{"id": c, "name": f"cat{c}"} for c in (1, 2, 3)]
 
 
 def _rle(x: int, y: int, w: int, h: int, size: int = 32) -> dict:
-    mask = np.zeros((size, size), dtype=np.uint8, order="F")
+    mask = np.zeros((size, size), dtype=np.uint8)
     mask[y : y + h, x : x + w] = 1
-    rle = mask_utils.encode(mask)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return encode_mask(mask)
 
 
 def _prediction(image_id: int, category_id: int, score: float, bbox=(2, 2, 10, 10)) -> dict:
