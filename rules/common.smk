@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -13,6 +14,12 @@ if DATASET not in config["datasets"]:
     raise ValueError(
         f"config: dataset '{DATASET}' is not defined under 'datasets' "
         f"(defined: {sorted(config['datasets'])}); add it or pick one of those"
+    )
+UNKNOWN_DEFAULT_TABLES = sorted(set(config["default_tables"]) - set(config["tables"]))
+if UNKNOWN_DEFAULT_TABLES:
+    raise ValueError(
+        f"config: default_tables names {UNKNOWN_DEFAULT_TABLES}, which are not keys of 'tables' "
+        f"(defined: {sorted(config['tables'])}); add them to 'tables' or remove them from default_tables"
     )
 
 
@@ -151,12 +158,12 @@ def any_model_uses_pseudo_labels():
 
 
 def all_targets():
-    """Default target: the ablation tables of the configured dataset, the mosaic sample grid, and (synthetic data
+    """Default target: the default_tables of the configured dataset, the mosaic sample grid, and (synthetic data
     with pseudo-label models) the pseudo-label precision against the hidden ground truth.
     """
     targets = [
         f"results/{DATASET}/tables/{table}.{ext}"
-        for table in config["tables"]
+        for table in config["default_tables"]
         for ext in ("csv", "md")
     ]
     targets.append(f"results/{DATASET}/figures/mosaic_samples.png")

@@ -10,7 +10,7 @@ rule ablation_table:
     benchmark:
         "benchmarks/out/{dataset}/tables/{table}.tsv"
     wildcard_constraints:
-        table="table[0-9]+",
+        table="|".join(re.escape(name) for name in config["tables"]),
     localrule: True
     conda:
         "../envs/longtail_seg.yaml"
@@ -21,25 +21,16 @@ rule ablation_table:
         " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
-rule table1:
-    """Target: Table 1 (training ablation) of the configured dataset."""
-    input:
-        expand(
-            "results/{dataset}/tables/table1.{ext}", dataset=DATASET, ext=["csv", "md"]
-        ),
+# One target rule per table, named after it: `snakemake --cores all table1` (or controls, ...).
+for table_name in config["tables"]:
 
-
-rule table2:
-    """Target: Table 2 (test-time strategies) of the configured dataset."""
-    input:
-        expand(
-            "results/{dataset}/tables/table2.{ext}", dataset=DATASET, ext=["csv", "md"]
-        ),
-
-
-rule table3:
-    """Target: Table 3 (baseline vs ours) of the configured dataset."""
-    input:
-        expand(
-            "results/{dataset}/tables/table3.{ext}", dataset=DATASET, ext=["csv", "md"]
-        ),
+    rule:
+        name:
+            table_name
+        input:
+            expand(
+                "results/{dataset}/tables/{table}.{ext}",
+                dataset=DATASET,
+                table=table_name,
+                ext=["csv", "md"],
+            ),

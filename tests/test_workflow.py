@@ -52,7 +52,7 @@ def test_dry_run_builds_the_dag(workflow_copy, extra):
         assert rule in result.stdout
 
 
-@pytest.mark.parametrize("target", ["stats", "table1", "table2", "table3"])
+@pytest.mark.parametrize("target", ["stats", "table1", "table2", "table3", "controls"])
 def test_named_targets_exist(workflow_copy, target):
     result = _snakemake("-n", target, "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr
@@ -64,6 +64,14 @@ def test_invalid_config_is_rejected_with_the_key(workflow_copy):
     result = _snakemake("-n", "--configfile", str(bad), cwd=workflow_copy)
     assert result.returncode != 0
     assert "rfs_threshold" in result.stderr + result.stdout
+
+
+def test_default_table_that_is_not_a_table_is_rejected(workflow_copy):
+    bad = workflow_copy / "bad.yaml"
+    bad.write_text("default_tables: [table1, tabel2]\n")
+    result = _snakemake("-n", "--configfile", str(bad), cwd=workflow_copy)
+    assert result.returncode != 0
+    assert "['tabel2']" in result.stderr + result.stdout and "default_tables" in result.stderr + result.stdout
 
 
 @pytest.mark.slow
@@ -100,8 +108,7 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
         assert "bbox_AP" in frame.columns
     table1 = pd.read_csv(results / "tables" / "table1.csv")
     assert table1["model"].tolist() == ["Representation learning", "+BGS retraining", "+double classifier",
-                                        "+balanced mosaic", "+unlabeled (pseudo labels)",
-                                        "control: double classifier, 2x iterations"]
+                                        "+balanced mosaic", "+unlabeled (pseudo labels)"]
     assert table1.loc[0, "AP"] == pytest.approx(metrics["segm"]["AP"], abs=0.05)
     predictions = json.loads((results / "predictions" / "representation" / "single_scale.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in predictions)
@@ -117,6 +124,12 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
     # A second run finds everything up to date: nothing is retrained.
     again = _snakemake("-n", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The control table is outside the default target: built on request, it retrains only the control models.
+    assert not (results / "models" / "double_long").exists()
+    controls = _snakemake("-n", "controls", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
+    assert controls.returncode == 0, controls.stderr
+    assert set(re.findall(r"output: results/tiny/models/([A-Za-z0-9_]+)/model_final.pth", controls.stdout)) == {
+        "bgs_long", "bgs_class_aware_long", "double_long"}
     # Changing one row's settings reruns only what depends on them.
     assert _models_to_rebuild(workflow_copy, "pseudo_labels:\n  score_threshold: 0.1\n") == {
         "bgs_pseudo", "bgs_class_aware_pseudo", "pseudo_double"}
