@@ -1,6 +1,7 @@
 rule pseudo_labels:
     """Pseudo labels: the teacher's detections with score >= pseudo_labels.score_threshold on the unlabeled images,
-    keeping only images with at least one rare-category label (LVIS JSON with boxes, labels, RLE masks).
+    keeping only images with at least one rare-category label (LVIS JSON with boxes, labels, RLE masks), plus
+    ignore regions for the detections between pseudo_labels.ignore_threshold and the score threshold.
     """
     input:
         teacher=pseudo_teacher,
@@ -33,10 +34,15 @@ rule pseudo_labels:
             if config["pseudo_labels"]["class_agnostic_nms_iou"] is None
             else f"--class-agnostic-nms {config['pseudo_labels']['class_agnostic_nms_iou']}"
         ),
+        ignore=lambda wc: (
+            ""
+            if config["pseudo_labels"].get("ignore_threshold") is None
+            else f"--ignore-threshold {config['pseudo_labels']['ignore_threshold']}"
+        ),
     shell:
         "python workflow_scripts/pseudo_labels.py --teacher {input.teacher} --unlabeled {input.unlabeled}"
         " --image-root {input.images} --train-annotations {input.train} --category-stats {input.categories}"
-        " --test-cfg '{params.test_cfg}' --score-threshold {params.threshold} {params.keep} {params.nms}"
+        " --test-cfg '{params.test_cfg}' --score-threshold {params.threshold} {params.keep} {params.nms} {params.ignore}"
         " --out {output.pseudo} --summary {output.summary} --threads {threads} > {log} 2>&1"
 
 

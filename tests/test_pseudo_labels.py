@@ -18,6 +18,7 @@ from longtail_seg.pseudo_labels import (
     pseudo_label_precision,
     pseudo_label_summary,
     read_frequency_groups,
+    uncertain_regions,
 )
 from tests.conftest import load_workflow_script
 
@@ -166,6 +167,22 @@ def test_script_from_a_predictions_file(tmp_path: Path):
     written = json.loads(out.read_text())
     assert [im["id"] for im in written["images"]] == [10, 13]
     assert json.loads(summary.read_text())["labels"] == 3
+    # with ignore regions: image 10's 0.50 detection (between 0.3 and 0.8) becomes one
+    script.main(script.parse_args([
+        "--predictions", str(predictions), "--unlabeled", str(unlabeled), "--image-root", str(tmp_path),
+        "--train-annotations", str(train), "--category-stats", str(stats), "--score-threshold", "0.8",
+        "--ignore-threshold", "0.3", "--out", str(out), "--summary", str(summary),
+    ]))
+    written = json.loads(out.read_text())
+    crowd = [a for a in written["annotations"] if a["iscrowd"]]
+    assert [(a["image_id"], a["score"]) for a in crowd] == [(10, 0.50)]
+    assert json.loads(summary.read_text())["ignore_regions"] == 1
+    with pytest.raises(SystemExit, match="ignore-threshold"):
+        script.main(script.parse_args([
+            "--predictions", str(predictions), "--unlabeled", str(unlabeled), "--image-root", str(tmp_path),
+            "--train-annotations", str(train), "--category-stats", str(stats), "--score-threshold", "0.8",
+            "--ignore-threshold", "0.9", "--out", str(out), "--summary", str(summary),
+        ]))
 
 
 def test_class_agnostic_nms_keeps_one_label_per_object():
@@ -179,3 +196,45 @@ def test_class_agnostic_nms_keeps_one_label_per_object():
     # only the overlapping rare label was on the image: after NMS it has no rare label left and is dropped
     lone = filter_pseudo_labels(predictions[:2], FREQUENCY, 0.8, rare_only=True, class_agnostic_nms_iou=0.5)
     assert lone == {}
+
+
+# image 30: one confident rare label; below it, a half-seen object elsewhere, the same object again (another class),
+# a second detection of the labelled object, and noise under the ignore threshold. Image 31 has no label.
+UNCERTAIN = [
+    _prediction(30, 1, 0.90, (2, 2, 10, 10)),
+    _prediction(30, 3, 0.40, (18, 18, 10, 10)),    # -> ignore region
+    _prediction(30, 2, 0.30, (19, 19, 10, 10)),    # same object as the 0.40 one (IoU 0.68): suppressed
+    _prediction(30, 3, 0.35, (3, 2, 10, 10)),      # the labelled object again (IoU 0.82): suppressed
+    _prediction(30, 2, 0.05, (20, 2, 6, 6)),       # under the ignore threshold: nothing
+    _prediction(31, 3, 0.40, (5, 5, 10, 10)),      # image 31 is not kept: no region
+]
+
+
+def test_uncertain_regions_between_the_thresholds_one_per_object():
+    kept = filter_pseudo_labels(UNCERTAIN, FREQUENCY, 0.8, rare_only=True)
+    regions = uncertain_regions(UNCERTAIN, kept, FREQUENCY, ignore_threshold=0.1, overlap_iou=0.5)
+    assert sorted(regions) == [30]
+    assert [(p["category_id"], p["score"]) for p in regions[30]] == [(3, 0.40)]
+    lower = uncertain_regions(UNCERTAIN, kept, FREQUENCY, ignore_threshold=0.01, overlap_iou=0.5)
+    assert [p["score"] for p in lower[30]] == [0.40, 0.05]
+    with pytest.raises(ValueError, match="ignore threshold"):
+        uncertain_regions(UNCERTAIN, kept, FREQUENCY, ignore_threshold=-0.1)
+
+
+def test_ignore_regions_are_crowd_annotations_that_are_neither_labels_nor_scored():
+    kept = filter_pseudo_labels(UNCERTAIN, FREQUENCY, 0.8, rare_only=True)
+    regions = uncertain_regions(UNCERTAIN, kept, FREQUENCY, ignore_threshold=0.1)
+    dataset = pseudo_label_dataset(kept, _unlabeled([30, 31]), CATEGORIES, ignore=regions)
+    validate_dataset(dataset, "pseudo.json")
+    assert [a["iscrowd"] for a in dataset["annotations"]] == [0, 1]
+    summary = pseudo_label_summary(dataset, 2, FREQUENCY, 0.8, True)
+    assert summary["labels"] == 1 and summary["ignore_regions"] == 1
+    assert summary["labels_per_group"] == {"rare": 1, "common": 0, "frequent": 0}
+    truth = {"annotations": [
+        {"id": 1, "image_id": 30, "category_id": 1, "bbox": [2, 2, 10, 10]},
+        {"id": 2, "image_id": 30, "category_id": 2, "bbox": [18, 18, 10, 10]},  # the half-seen object (other class)
+    ]}
+    report = pseudo_label_precision(dataset, truth, FREQUENCY)
+    assert report["labels"]["all"] == 1 and report["precision"]["all"] == 1.0
+    assert report["ignore_regions"] == 1 and report["ignore_regions_on_objects"] == 1
+    assert report["recall_on_kept_images"] == pytest.approx(1 / 2)

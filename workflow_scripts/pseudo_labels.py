@@ -32,6 +32,7 @@ from longtail_seg.pseudo_labels import (  # noqa: E402
     pseudo_label_dataset,
     pseudo_label_summary,
     read_frequency_groups,
+    uncertain_regions,
 )
 
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--class-agnostic-nms", type=float, default=None, metavar="IOU",
                         help="one label per object: drop labels overlapping a higher-scored one of any class by more "
                              "than IOU (default: off)")
+    parser.add_argument("--ignore-threshold", type=float, default=None,
+                        help="on kept images, detections with this <= score < --score-threshold become ignore regions "
+                             "(iscrowd annotations; neither object nor background in retraining). Default: none")
     parser.add_argument("--keep-all-images", action="store_true",
                         help="keep every image with a pseudo label (default: only images with a rare-category label)")
     parser.add_argument("--out", required=True, help="LVIS JSON of the pseudo-labelled images to write")
@@ -68,6 +72,10 @@ def main(args: argparse.Namespace) -> dict:
         categories = load_json(args.train_annotations)["categories"]
     except DatasetError as error:
         raise SystemExit(f"pseudo_labels: {error}") from None
+    if args.ignore_threshold is not None and not 0.0 <= args.ignore_threshold <= args.score_threshold:
+        raise SystemExit(f"--ignore-threshold {args.ignore_threshold} must be in [0, --score-threshold "
+                         f"{args.score_threshold}]")
+    lowest_score = args.score_threshold if args.ignore_threshold is None else args.ignore_threshold
     if args.teacher:
         try:
             cfg = TestConfig.from_dict(parse_json_object(args.test_cfg, "--test-cfg"))
@@ -75,9 +83,9 @@ def main(args: argparse.Namespace) -> dict:
             raise SystemExit(f"--test-cfg: {error}") from None
         predictions, num_images, elapsed = predict_annotation_file(
             args.teacher, args.unlabeled, args.image_root, cfg, resolve_device(args.device),
-            score_threshold=args.score_threshold,
+            score_threshold=lowest_score,
         )
-        print(f"teacher {args.teacher}: {len(predictions)} detections with score >= {args.score_threshold} on "
+        print(f"teacher {args.teacher}: {len(predictions)} detections with score >= {lowest_score} on "
               f"{num_images} images in {elapsed:.1f}s", flush=True)
     else:
         predictions = load_json(args.predictions)
@@ -87,15 +95,20 @@ def main(args: argparse.Namespace) -> dict:
     try:
         kept = filter_pseudo_labels(predictions, frequency_of, args.score_threshold, rare_only,
                                     args.class_agnostic_nms)
-        dataset = pseudo_label_dataset(kept, unlabeled, categories)
+        ignore = None
+        if args.ignore_threshold is not None:
+            ignore = uncertain_regions(predictions, kept, frequency_of, args.ignore_threshold,
+                                       args.class_agnostic_nms if args.class_agnostic_nms is not None else 0.5)
+        dataset = pseudo_label_dataset(kept, unlabeled, categories, ignore)
     except DatasetError as error:
         raise SystemExit(f"pseudo_labels: {error}") from None
     summary = pseudo_label_summary(dataset, len(unlabeled["images"]), frequency_of, args.score_threshold, rare_only)
     summary["class_agnostic_nms_iou"] = args.class_agnostic_nms
+    summary["ignore_threshold"] = args.ignore_threshold
     atomic_write_json(args.out, dataset)
     atomic_write_json(args.summary, summary, indent=2)
     print(f"kept {summary['images_kept']} of {summary['unlabeled_images']} images, {summary['labels']} pseudo labels "
-          f"{summary['labels_per_group']} -> {args.out}", flush=True)
+          f"{summary['labels_per_group']}, {summary['ignore_regions']} ignore regions -> {args.out}", flush=True)
     return summary
 
 

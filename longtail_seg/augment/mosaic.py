@@ -56,6 +56,9 @@ DEFAULT_COLOR_JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "
 JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
 # Per-instance target keys carried along with the instances (besides boxes / masks, which are recomputed).
 INSTANCE_KEYS = ("labels", "iscrowd", "scores")
+# What an instance of a source without the key gets when another source of the mosaic has it (e.g. a training
+# image next to a pseudo-labelled one with ignore regions): not crowd, certain.
+INSTANCE_KEY_DEFAULTS = {"iscrowd": False, "scores": 1.0}
 # Separates this module's random streams from the samplers' (seed, epoch) streams.
 _STREAM_TAG = 0x4D05
 
@@ -189,8 +192,8 @@ class BalancedMosaic(torch.utils.data.Dataset):
         target = {key: value for key, value in base.items() if key not in ("boxes", "masks", "area", *INSTANCE_KEYS)}
         target["boxes"] = torch.cat([piece["boxes"] for piece in pieces])
         for key in INSTANCE_KEYS:
-            if key in base:
-                target[key] = torch.cat([piece[key] for piece in pieces])
+            if key in base or any(key in piece for piece in pieces):
+                target[key] = _concat_instance_key(key, pieces)
         if "masks" in base:
             target["masks"] = paste_masks(pieces, out_size, base["masks"].dtype)
         if "area" in base:
@@ -403,6 +406,18 @@ def place_instances(
         if key in target:
             piece[key] = target[key][keep]
     return piece
+
+
+def _concat_instance_key(key: str, pieces: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """One per-instance key over all pieces; pieces whose source lacks it get INSTANCE_KEY_DEFAULTS[key]."""
+    present = next(piece[key] for piece in pieces if key in piece)
+    if key not in INSTANCE_KEY_DEFAULTS and not all(key in piece for piece in pieces):
+        raise KeyError(f"mosaic: target key {key!r} is in some sources and not others, and has no default")
+    return torch.cat([
+        piece[key] if key in piece else torch.full((len(piece["boxes"]),), INSTANCE_KEY_DEFAULTS[key],
+                                                   dtype=present.dtype)
+        for piece in pieces
+    ])
 
 
 def _read_patch(masks: torch.Tensor, rows: _AxisMap, cols: _AxisMap) -> torch.Tensor:

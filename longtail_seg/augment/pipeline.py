@@ -6,7 +6,8 @@ One place decides what the model sees, from config:
 * ``mosaic: true``: the balanced mosaic (``augment/mosaic.py``) over the un-resized images, partners drawn with
   p_i = r_i / sum r from the same repeat factors the RFS sampler uses;
 * with pseudo labels: the training set plus the pseudo-labelled unlabeled images, strong augmentation
-  (``augment/strong.py``) on the pseudo-labelled images only, and repeat factors recomputed over the union.
+  (``augment/strong.py``) on the pseudo-labelled images only, and repeat factors recomputed over the union; their
+  ignore regions (``iscrowd`` annotations) reach the RoI heads as ``target["iscrowd"]``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def build_training_data(
         strong = StrongAugment(strong_cfg)
         pseudo = LVISDetectionDataset(pseudo_annotations, image_root,
                                       transforms=strong if use_mosaic else Compose([strong, plain]),
-                                      category_ids=train.category_ids, with_masks=with_masks)
+                                      category_ids=train.category_ids, with_masks=with_masks, crowd_as_ignore=True)
         base, num_pseudo = ConcatDetectionDataset([train, pseudo]), len(pseudo)
     repeat_factors = _repeat_factors(base, cfg, use_mosaic, repeat_factor_csv, pseudo_annotations, rfs_threshold)
     dataset: torch.utils.data.Dataset = base

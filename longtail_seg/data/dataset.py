@@ -22,14 +22,15 @@ Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
 
 class _ImageAnnotations:
-    """The non-crowd annotations of one image as arrays (boxes xyxy, category ids) plus raw segmentations."""
+    """The annotations of one image as arrays (boxes xyxy, category ids, crowd flags) plus raw segmentations."""
 
-    __slots__ = ("boxes", "category_ids", "segmentations")
+    __slots__ = ("boxes", "category_ids", "iscrowd", "segmentations")
 
     def __init__(self, anns: list[dict]) -> None:
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         self.boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         self.category_ids = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        self.iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         self.segmentations = [a.get("segmentation") for a in anns]
 
 
@@ -38,7 +39,9 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
 
     ``target`` holds ``boxes`` (float32 [N,4] xyxy pixels), ``labels`` (int64 [N], 1..C), ``masks`` (uint8
     [N,H,W], only when ``with_masks``), ``image_id`` (int) and ``orig_size`` ((H, W) before transforms).
-    Crowd annotations (``iscrowd=1``) are skipped. ``transforms`` is called as ``transforms(image, target)``.
+    Crowd annotations (``iscrowd=1``) are skipped, unless ``crowd_as_ignore``: then they are instances like the
+    others (they follow every augmentation) and ``target["iscrowd"]`` (bool [N]) marks them; the RoI heads treat
+    them as ignore regions (``models/detector.py``). ``transforms`` is called as ``transforms(image, target)``.
     """
 
     def __init__(
@@ -48,11 +51,13 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
         transforms: Transform | None = None,
         category_ids: Sequence[int] | None = None,
         with_masks: bool = True,
+        crowd_as_ignore: bool = False,
     ) -> None:
         self.annotation_file = str(annotation_file)
         self.image_root = image_root
         self.transforms = transforms
         self.with_masks = with_masks
+        self.crowd_as_ignore = crowd_as_ignore
         data = load_lvis(annotation_file, image_root=image_root, require_annotations=False)
         file_category_ids = sorted(c["id"] for c in data["categories"])
         self.category_ids: list[int] = list(category_ids) if category_ids is not None else file_category_ids
@@ -84,7 +89,8 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
 
     def image_category_ids(self, index: int) -> set[int]:
         """Category ids present (non-crowd) in the image at ``index``; what class-aware / RFS samplers index on."""
-        return set(self._annotations[index].category_ids.tolist())
+        anns = self._annotations[index]
+        return set(anns.category_ids[~anns.iscrowd].tolist())
 
     def __len__(self) -> int:
         return len(self.images)
@@ -98,11 +104,12 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
         return image, target
 
     def _index_annotations(self, annotations: list[dict]) -> list[_ImageAnnotations]:
-        """Group non-crowd annotations per image (dataset order), checking categories and segmentations once."""
+        """Group annotations per image (dataset order; crowd ones only with ``crowd_as_ignore``), checking
+        categories and segmentations once."""
         position = {image_id: i for i, image_id in enumerate(self.image_ids)}
         per_image: list[list[dict]] = [[] for _ in self.images]
         for ann in annotations:
-            if ann.get("iscrowd", 0):
+            if ann.get("iscrowd", 0) and not self.crowd_as_ignore:
                 continue
             if ann["category_id"] not in self._label_of:
                 raise DatasetError(
@@ -142,6 +149,8 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
             "image_id": int(record["id"]),
             "orig_size": (int(height), int(width)),
         }
+        if self.crowd_as_ignore:
+            target["iscrowd"] = torch.from_numpy(anns.iscrowd.copy())
         if self.with_masks:
             target["masks"] = self._decode_masks(anns, record)
         return target

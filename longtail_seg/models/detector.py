@@ -118,6 +118,15 @@ class ClassifierRoIHeads(RoIHeads):
         if targets is None or not all("boxes" in t and "labels" in t for t in targets):
             raise ValueError("classifier retraining needs targets with 'boxes' and 'labels' for every image")
 
+    def select_training_samples(self, proposals, targets):  # noqa: D102 - torchvision's, plus ignore regions
+        """torchvision's sampling after removing ignore regions: a target's ``iscrowd`` instances are dropped from
+        the ground truth, and so are the proposals that would have matched them (box IoU >= the foreground
+        threshold) without matching a real instance, so they are sampled as neither object nor background."""
+        if targets is not None and any("iscrowd" in t for t in targets):
+            pairs = [drop_ignored(p, t, self.proposal_matcher.high_threshold) for p, t in zip(proposals, targets)]
+            proposals, targets = [p for p, _ in pairs], [t for _, t in pairs]
+        return super().select_training_samples(proposals, targets)
+
     def forward(
         self,
         features: dict[str, torch.Tensor],
@@ -194,6 +203,33 @@ class ClassifierRoIHeads(RoIHeads):
             all_scores.append(image_scores[keep])
             all_labels.append(labels[keep])
         return all_boxes, all_scores, all_labels
+
+
+# Target entries with one row per instance (the rest, e.g. image_id or mosaic_tiles, describe the image).
+PER_INSTANCE_TARGET_KEYS = ("boxes", "labels", "masks", "area", "scores")
+
+
+def drop_ignored(
+    proposals: torch.Tensor, target: dict[str, torch.Tensor], iou_threshold: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Proposals and target of one image without its ignore regions (``target["iscrowd"]``, bool [N]).
+
+    A proposal goes when its IoU with an ignore region is >= ``iou_threshold`` and its IoU with every real instance
+    is below it (it would have been a foreground of the region, had the region been labelled). The target keeps
+    only its real instances (boxes, labels, masks and any other per-instance tensor).
+    """
+    crowd = target.get("iscrowd")
+    if crowd is None:
+        return proposals, target
+    crowd = crowd.to(torch.bool)
+    real = {key: value[~crowd] if key in PER_INSTANCE_TARGET_KEYS else value
+            for key, value in target.items() if key != "iscrowd"}
+    if not bool(crowd.any()) or len(proposals) == 0:
+        return proposals, real
+    near_region = box_ops.box_iou(proposals, target["boxes"][crowd]).amax(dim=1) >= iou_threshold
+    if len(real["boxes"]):
+        near_region &= box_ops.box_iou(proposals, real["boxes"]).amax(dim=1) < iou_threshold
+    return proposals[~near_region], real
 
 
 def predicted_class_mask_probs(

@@ -258,6 +258,25 @@ def test_mosaic_drops_small_instances_end_to_end():
     assert BalancedMosaic(dataset, [1.0], min_visible_area=9, **common)[0][1]["labels"].tolist() == [1, 2]
 
 
+def test_crowd_flags_follow_their_instances_and_default_to_false_for_sources_without_them():
+    dataset = make_dataset()
+    for k in (1, 3):  # two sources carry ignore regions: their third instance is a crowd
+        dataset.samples[k][1]["iscrowd"] = torch.tensor([False, False, True])
+    mosaic = BalancedMosaic(dataset, np.ones(len(dataset)), output_size=(160, 160), seed=3)
+    saw_crowd = saw_mixed = False
+    for _, target in outputs(mosaic):
+        assert "iscrowd" in target or not any(k in (101, 103) for k in target["mosaic_image_ids"])
+        if "iscrowd" not in target:
+            continue
+        assert target["iscrowd"].dtype == torch.bool and len(target["iscrowd"]) == len(target["labels"])
+        for label, crowd in zip(target["labels"].tolist(), target["iscrowd"].tolist()):
+            k = (label - 1) // 10
+            assert crowd == (k in (1, 3) and label % 10 == 3)
+        saw_crowd |= bool(target["iscrowd"].any())
+        saw_mixed |= any(source_image_id(label) not in (101, 103) for label in target["labels"].tolist())
+    assert saw_crowd and saw_mixed
+
+
 def test_prob_zero_passes_the_base_sample_through_post_transforms():
     dataset = make_dataset()
     identity = BalancedMosaic(dataset, np.ones(len(dataset)), prob=0.0, crop_range=(1.0, 1.0), flip_prob=0.0,

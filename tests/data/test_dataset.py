@@ -105,6 +105,18 @@ def test_polygon_and_compressed_rle_targets(lvis_fixture):
     assert np.array_equal(target["masks"][1].numpy(), masks["blob"])
 
 
+def test_crowd_as_ignore_keeps_crowd_instances_flagged(lvis_fixture):
+    path, root, _, _ = lvis_fixture
+    dataset = LVISDetectionDataset(path, root, crowd_as_ignore=True)
+    _, target = dataset[0]
+    assert target["iscrowd"].tolist() == [False, False, True]
+    assert target["labels"].tolist() == [2, 1, 1] and target["masks"].shape[0] == 3
+    assert torch.equal(target["boxes"][2], torch.tensor([0.0, 0, 5, 5]))
+    assert dataset.image_category_ids(0) == {3, 7}  # samplers still see only the real instances
+    _, empty = dataset[1]
+    assert empty["iscrowd"].shape == (0,)
+
+
 def test_uncompressed_rle_and_empty_image(lvis_fixture):
     path, root, _, masks = lvis_fixture
     dataset = LVISDetectionDataset(path, root)

@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import box_iou
 
 from longtail_seg.models.classifiers import BoxPredictor, SoftmaxClassifier, build_classifier
 from longtail_seg.models.detector import (
     build_detector,
+    drop_ignored,
     get_classifier,
     load_detector,
     resolve_model_cfg,
@@ -170,3 +172,44 @@ def test_predicted_class_mask_probs_equal_torchvision_inference():
     assert [a.shape for a in actual] == [e.shape for e in expected] == [(3, 1, 28, 28), (0, 1, 28, 28), (4, 1, 28, 28)]
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+def _ignore_target() -> dict:
+    """One real object at (10, 10)-(30, 30) and one ignore region at (40, 40)-(60, 60)."""
+    return {"boxes": torch.tensor([[10.0, 10, 30, 30], [40, 40, 60, 60]]), "labels": torch.tensor([2, 3]),
+            "masks": torch.zeros(2, 64, 64, dtype=torch.uint8), "iscrowd": torch.tensor([False, True]),
+            "image_id": 5, "mosaic_tiles": torch.zeros(2, 4, dtype=torch.int64)}
+
+
+def test_drop_ignored_removes_the_region_and_the_proposals_that_would_match_it() -> None:
+    proposals = torch.tensor([
+        [11.0, 11, 31, 31],   # on the real object: kept
+        [41.0, 41, 61, 61],   # on the ignore region (IoU 0.82): dropped
+        [45.0, 45, 75, 75],   # touches the region (IoU 0.14): kept, a background
+        [0.0, 0, 8, 8],       # background: kept
+    ])
+    kept, target = drop_ignored(proposals, _ignore_target(), iou_threshold=0.5)
+    assert kept.tolist() == proposals[[0, 2, 3]].tolist()
+    assert target["boxes"].tolist() == [[10.0, 10, 30, 30]] and target["labels"].tolist() == [2]
+    assert target["masks"].shape == (1, 64, 64) and "iscrowd" not in target
+    assert target["mosaic_tiles"].shape == (2, 4) and target["image_id"] == 5  # image-level entries untouched
+    untouched, same = drop_ignored(proposals, {"boxes": proposals[:1], "labels": torch.tensor([1])}, 0.5)
+    assert untouched is proposals and same["labels"].tolist() == [1]
+
+
+def test_roi_sampling_never_labels_an_ignore_region_as_object_or_background() -> None:
+    torch.manual_seed(0)
+    model = build_detector(TEST_MODEL_CFG, num_classes=3).train()
+    heads = model.roi_heads
+    jitter = torch.rand(200, 4) * 6 - 3
+    proposals = torch.cat([torch.tensor([[40.0, 40, 60, 60]]) + jitter[:100],   # around the ignore region
+                           torch.tensor([[10.0, 10, 30, 30]]) + jitter[100:]])  # around the real object
+    sampled, _, labels, _ = heads.select_training_samples([proposals], [_ignore_target()])
+    region = torch.tensor([[40.0, 40, 60, 60]])
+    on_region = box_iou(sampled[0], region)[:, 0] >= 0.5
+    assert not on_region.any()
+    assert set(labels[0].unique().tolist()) <= {0, 2} and (labels[0] == 2).any()
+    # without the flag the same region is an object of class 3
+    plain = {k: v for k, v in _ignore_target().items() if k != "iscrowd"}
+    _, _, plain_labels, _ = heads.select_training_samples([proposals], [plain])
+    assert (plain_labels[0] == 3).any()
