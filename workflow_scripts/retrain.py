@@ -32,6 +32,7 @@ from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E40
 
 from longtail_seg.augment.pipeline import build_training_data  # noqa: E402
 from longtail_seg.data.dataset import collate_detection  # noqa: E402
+from longtail_seg.engine.checkpoint import input_fingerprint  # noqa: E402
 from longtail_seg.engine.retrain import (  # noqa: E402
     RetrainConfig,
     build_retrain_sampler,
@@ -97,12 +98,13 @@ def main(args: argparse.Namespace) -> None:
 
     needs_csv = train_cfg.sampler == "repeat_factor" or train_cfg.mosaic
     repeat_factors = _stats_file(args.stats_dir, IMAGE_REPEAT_FACTORS) if needs_csv else None
+    mosaic_cfg = parse_json_object(args.mosaic_cfg, "--mosaic-cfg")
+    strong_cfg = parse_json_object(args.strong_augment_cfg, "--strong-augment-cfg")
     try:
         data = build_training_data(
             args.train_annotations, args.image_root, train_cfg, category_ids=category_ids, with_masks=False,
-            repeat_factor_csv=repeat_factors, mosaic_cfg=parse_json_object(args.mosaic_cfg, "--mosaic-cfg"),
-            pseudo_annotations=args.pseudo_annotations, rfs_threshold=args.rfs_threshold,
-            strong_cfg=parse_json_object(args.strong_augment_cfg, "--strong-augment-cfg"),
+            repeat_factor_csv=repeat_factors, mosaic_cfg=mosaic_cfg, pseudo_annotations=args.pseudo_annotations,
+            rfs_threshold=args.rfs_threshold, strong_cfg=strong_cfg,
         )
     except ValueError as error:
         raise SystemExit(f"retrain: {error}") from None
@@ -118,8 +120,16 @@ def main(args: argparse.Namespace) -> None:
               f"sampler {train_cfg.sampler}, mosaic {'on' if train_cfg.mosaic else 'off'}, "
               f"{world_size} process(es) on {device}", flush=True)
     start = time.perf_counter()
+    # a checkpoint resumes only with the same inputs: other data or settings (a Snakemake rerun) start over
+    pseudo = args.pseudo_annotations is not None
+    fingerprint = input_fingerprint(
+        {"mosaic": mosaic_cfg if train_cfg.mosaic else None, "strong_augment": strong_cfg if pseudo else None,
+         "rfs_threshold": args.rfs_threshold if pseudo else None},
+        {"train_annotations": args.train_annotations, "repeat_factors": repeat_factors,
+         "category_stats": category_stats, "pseudo_annotations": args.pseudo_annotations},
+    )
     result = retrain_classifier(args.checkpoint, dataset, sampler, classifier_cfg, train_cfg, args.out_dir, device,
-                                collate_fn=collate_detection)
+                                collate_fn=collate_detection, fingerprint=fingerprint)
     finish_training_run(result, "retrained", time.perf_counter() - start, rank)
 
 

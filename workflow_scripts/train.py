@@ -26,6 +26,7 @@ from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E40
 
 from longtail_seg.augment.pipeline import build_training_data  # noqa: E402
 from longtail_seg.data.dataset import collate_detection  # noqa: E402
+from longtail_seg.engine.checkpoint import input_fingerprint  # noqa: E402
 from longtail_seg.engine.train import TrainConfig, init_distributed_mode, seed_everything, train  # noqa: E402
 from longtail_seg.models.detector import build_detector, resolve_model_cfg  # noqa: E402
 from longtail_seg.sampling import build_sampler  # noqa: E402
@@ -56,10 +57,10 @@ def main(args: argparse.Namespace) -> None:
 
     if (train_cfg.sampler == "repeat_factor" or train_cfg.mosaic) and not args.repeat_factors:
         raise SystemExit("train.sampler repeat_factor and train.mosaic need --repeat-factors image_repeat_factors.csv")
+    mosaic_cfg = parse_json_object(args.mosaic_cfg, "--mosaic-cfg")
     try:
         data = build_training_data(args.train_annotations, args.image_root, train_cfg,
-                                   repeat_factor_csv=args.repeat_factors,
-                                   mosaic_cfg=parse_json_object(args.mosaic_cfg, "--mosaic-cfg"))
+                                   repeat_factor_csv=args.repeat_factors, mosaic_cfg=mosaic_cfg)
     except ValueError as error:
         raise SystemExit(f"train: {error}") from None
     dataset = data.base
@@ -75,8 +76,13 @@ def main(args: argparse.Namespace) -> None:
               f"{world_size} process(es) on {device}, sampler {train_cfg.sampler}, "
               f"mosaic {'on' if train_cfg.mosaic else 'off'}", flush=True)
     start = time.perf_counter()
+    # a checkpoint resumes only with the same inputs: other data or settings (a Snakemake rerun) start over
+    fingerprint = input_fingerprint(
+        {"model": model_cfg, "mosaic": mosaic_cfg if train_cfg.mosaic else None},
+        {"train_annotations": args.train_annotations, "repeat_factors": args.repeat_factors},
+    )
     result = train(model, data.dataset, sampler, train_cfg, args.out_dir, device, model_cfg=model_cfg,
-                   category_ids=dataset.category_ids, collate_fn=collate_detection)
+                   category_ids=dataset.category_ids, collate_fn=collate_detection, fingerprint=fingerprint)
     finish_training_run(result, "trained", time.perf_counter() - start, rank)
 
 

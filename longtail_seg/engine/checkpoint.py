@@ -7,8 +7,10 @@ detector file is written by ``longtail_seg.models.detector.save_checkpoint`` ins
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +58,10 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     progress: TrainingProgress,
     train_cfg: dict[str, Any] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> None:
-    """Atomically write model/optimizer/progress/RNG states to ``path`` (a killed write leaves the old file)."""
+    """Atomically write model/optimizer/progress/RNG states to ``path`` (a killed write leaves the old file), with
+    the train config and the run's ``input_fingerprint`` that a resume must match."""
     model = model.module if hasattr(model, "module") else model
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -66,6 +70,7 @@ def save_training_state(
         "progress": asdict(progress),
         "rng": capture_rng_state(),
         "train_cfg": dict(train_cfg or {}),
+        "fingerprint": dict(fingerprint or {}),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -77,6 +82,30 @@ RESUME_TOLERANT_KEYS = frozenset(
 )
 
 
+def input_fingerprint(
+    settings: Mapping[str, Any] | None = None, files: Mapping[str, str | os.PathLike | None] | None = None
+) -> dict[str, Any]:
+    """What a run depends on besides its train config, for deciding whether a checkpoint may be resumed: settings
+    (JSON-able values, e.g. the classifier or mosaic config) and input files by (size, modification time).
+
+    A file rewritten upstream (Snakemake rerunning the step that makes it) changes the fingerprint, so the run
+    starts over instead of continuing a checkpoint trained on the old data; a killed and restarted job sees the
+    same files and resumes.
+    """
+    fingerprint: dict[str, Any] = {}
+    for name, value in (settings or {}).items():
+        fingerprint[f"setting:{name}"] = json.dumps(value, sort_keys=True, default=str)
+    for name, path in (files or {}).items():
+        if path is None:
+            fingerprint[f"file:{name}"] = None
+        elif not os.path.exists(path):
+            fingerprint[f"file:{name}"] = [os.fspath(path), "missing"]
+        else:
+            stat = os.stat(path)
+            fingerprint[f"file:{name}"] = [os.fspath(path), stat.st_size, stat.st_mtime_ns]
+    return fingerprint
+
+
 def read_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a ``save_training_state`` file (raises a clear error for any other file)."""
     payload = torch.load(Path(path), map_location=map_location, weights_only=False)
@@ -85,8 +114,11 @@ def read_training_state(path: str | os.PathLike, map_location: str | torch.devic
     return payload
 
 
-def resume_mismatch(payload: dict[str, Any], model: nn.Module, train_cfg: dict[str, Any]) -> str | None:
-    """Why a checkpoint belongs to a different experiment (model shapes or train config), or None if it fits."""
+def resume_mismatch(
+    payload: dict[str, Any], model: nn.Module, train_cfg: dict[str, Any], fingerprint: Mapping[str, Any] | None = None
+) -> str | None:
+    """Why a checkpoint belongs to a different experiment (model shapes, train config or, when given, the
+    ``input_fingerprint``: other settings or input files), or None if it fits."""
     model = model.module if hasattr(model, "module") else model
     own = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     saved = {name: tuple(t.shape) for name, t in payload["model"].items()}
@@ -100,6 +132,11 @@ def resume_mismatch(payload: dict[str, Any], model: nn.Module, train_cfg: dict[s
     )
     if changed:
         return "train config changed: " + ", ".join(f"{k} {old_cfg.get(k)!r} -> {train_cfg.get(k)!r}" for k in changed)
+    if fingerprint is not None:
+        old = payload.get("fingerprint", {})
+        changed = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
+        if changed:
+            return "inputs changed: " + ", ".join(changed)
     return None
 
 

@@ -25,6 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -33,6 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
+from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.train import TrainConfig, TrainResult, seed_everything, train
 from longtail_seg.models.classifiers import build_classifier
 from longtail_seg.models.detector import (
@@ -174,12 +176,17 @@ def retrain_classifier(
     out_dir: str | os.PathLike,
     device: str | torch.device = "auto",
     collate_fn: Callable | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Retrain a fresh classifier on the frozen representation of ``checkpoint_path`` -> out_dir/model_final.pth.
 
     ``dataset`` must use the checkpoint's category ids (labels 1..C in that order); targets need no masks.
-    Returns train()'s result (``final_model`` is the path of model_final.pth). Resumes automatically.
+    Returns train()'s result (``final_model`` is the path of model_final.pth). Resumes automatically when the
+    checkpoint matches (``fingerprint``: see ``train``); the classifier config and ``checkpoint_path`` are always
+    part of that check.
     """
+    fingerprint = {**input_fingerprint({"classifier": classifier_cfg}, {"representation": checkpoint_path}),
+                   **(fingerprint or {})}
     cfg = RetrainConfig.from_dict(train_cfg)
     model, meta = load_detector(checkpoint_path, map_location="cpu")
     dataset_ids = getattr(dataset, "category_ids", None)
@@ -194,7 +201,7 @@ def retrain_classifier(
     if cfg.rois_per_image is not None:  # a training-time choice: model_final.pth keeps the model's own setting
         model.roi_heads.fg_bg_sampler.batch_size_per_image = int(cfg.rois_per_image)
     return train(model, dataset, sampler, cfg, out_dir, device, model_cfg=model.model_cfg,
-                 category_ids=meta["category_ids"], collate_fn=collate_fn)
+                 category_ids=meta["category_ids"], collate_fn=collate_fn, fingerprint=fingerprint)
 
 
 def checkpoint_category_ids(checkpoint_path: str | os.PathLike) -> list[int]:

@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -183,10 +184,13 @@ def train(
     model_cfg: dict[str, Any] | None = None,
     category_ids: Sequence[int] | None = None,
     collate_fn: Callable | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` in the order of ``sampler`` (an epoch-seeded sampler with set_epoch).
 
-    Resumes automatically from out_dir/checkpoints/last.pth when it exists. ``model_cfg`` and
+    Resumes automatically from out_dir/checkpoints/last.pth when it exists and matches this run: the same model
+    shapes, train config and ``fingerprint`` (``checkpoint.input_fingerprint`` of the inputs and settings the
+    caller trains from; None skips that check). ``model_cfg`` and
     ``category_ids`` go into model_final.pth so inference rebuilds the model from the file alone
     (defaults: ``model.model_cfg`` and ``dataset.category_ids``).
     """
@@ -201,10 +205,10 @@ def train(
         cfg.lr_schedule, base_lr=cfg.lr, epochs=cfg.epochs, max_iterations=cfg.max_iterations,
         warmup_iters=cfg.warmup_iters, warmup_factor=cfg.warmup_factor, min_lr=cfg.min_lr,
     )
-    progress = _resume_if_possible(out_dir / LAST_CHECKPOINT, model, optimizer, device, rank, cfg)
+    progress = _resume_if_possible(out_dir / LAST_CHECKPOINT, model, optimizer, device, rank, cfg, fingerprint)
     resumed_from = progress.iteration
     train_model = _wrap_ddp(model, device, cfg) if world_size > 1 else model
-    loop = _TrainLoop(train_model, optimizer, schedule, cfg, out_dir, device, rank)
+    loop = _TrainLoop(train_model, optimizer, schedule, cfg, out_dir, device, rank, fingerprint)
     loop.run(dataset, sampler, progress, collate_fn or _default_collate())
     final_path = out_dir / FINAL_MODEL
     if rank == 0:
@@ -223,17 +227,17 @@ def _default_collate() -> Callable:
 
 def _resume_if_possible(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, rank: int,
-    cfg: TrainConfig,
+    cfg: TrainConfig, fingerprint: Mapping[str, Any] | None = None,
 ) -> TrainingProgress:
     """Load last.pth when present and from this experiment (every rank), else start at iteration 0.
 
-    A checkpoint left by a different experiment (other model shapes or train settings, e.g. Snakemake
+    A checkpoint left by a different experiment (other model shapes, train settings or inputs, e.g. Snakemake
     rerunning after a config change) is moved aside to last.stale.pth and training starts over.
     """
     if not path.exists():
         return TrainingProgress()
     payload = read_training_state(path, map_location=device)
-    mismatch = resume_mismatch(payload, model, asdict(cfg))
+    mismatch = resume_mismatch(payload, model, asdict(cfg), fingerprint)
     if mismatch is not None:
         _, world_size = distributed_rank_and_size()
         if world_size > 1:
@@ -280,8 +284,12 @@ def _save_final(
 class _TrainLoop:
     """One training run's mutable machinery: steps, logging, checkpoints."""
 
-    def __init__(self, model, optimizer, schedule, cfg: TrainConfig, out_dir: Path, device, rank: int) -> None:
+    def __init__(
+        self, model, optimizer, schedule, cfg: TrainConfig, out_dir: Path, device, rank: int,
+        fingerprint: Mapping[str, Any] | None = None,
+    ) -> None:
         self.model = model
+        self.fingerprint = fingerprint
         self.optimizer = optimizer
         self.schedule = schedule
         self.cfg = cfg
@@ -399,7 +407,8 @@ class _TrainLoop:
     def _checkpoint(self, progress: TrainingProgress) -> None:
         """Rank 0 writes last.pth and metrics.csv (both atomically)."""
         if self.rank == 0:
-            save_training_state(self.out_dir / LAST_CHECKPOINT, self.model, self.optimizer, progress, asdict(self.cfg))
+            save_training_state(self.out_dir / LAST_CHECKPOINT, self.model, self.optimizer, progress, asdict(self.cfg),
+                                self.fingerprint)
             write_metrics_csv(self.out_dir / METRICS_CSV, progress.log_rows)
 
 

@@ -178,11 +178,12 @@ def _run_retrain_script(small_lvis, tmp_path: Path, classifier_cfg: dict, extra_
         model = build_detector(TEST_MODEL_CFG, 3)
         save_checkpoint(checkpoint, model, model.model_cfg, [1, 2, 3])
     stats = tmp_path / "stats"
-    stats.mkdir(exist_ok=True)
-    (stats / "image_repeat_factors.csv").write_text("image_id,repeat_factor\n1,1.0\n2,2.0\n3,1.0\n")
-    (stats / "category_stats.csv").write_text(
-        "category_id,name,frequency,image_count,instance_count,repeat_factor,bgs_group\n"
-        "1,cat1,f,2,3,1.0,1\n2,cat2,r,1,1,1.4,1\n3,cat3,r,0,0,1.0,1\n")
+    if not stats.exists():  # written once: a rewritten input would (rightly) stop a later call from resuming
+        stats.mkdir()
+        (stats / "image_repeat_factors.csv").write_text("image_id,repeat_factor\n1,1.0\n2,2.0\n3,1.0\n")
+        (stats / "category_stats.csv").write_text(
+            "category_id,name,frequency,image_count,instance_count,repeat_factor,bgs_group\n"
+            "1,cat1,f,2,3,1.0,1\n2,cat2,r,1,1,1.4,1\n3,cat3,r,0,0,1.0,1\n")
     out = tmp_path / "out"
     script = _retrain_script()
     script.main(script.parse_args([
@@ -229,6 +230,8 @@ def _pseudo_file(small_lvis) -> Path:
         images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 32, "width": 32})
     anns = [{"id": k, "image_id": i, "category_id": 3, "bbox": [4, 4, 12, 12], "area": 144, "score": 0.9}
             for k, i in enumerate((101, 102), start=1)]
+    anns.append({"id": 3, "image_id": 101, "category_id": 1, "bbox": [18, 18, 10, 10], "area": 100, "score": 0.2,
+                 "iscrowd": 1})  # an ignore region
     path = annotations.parent / "pseudo.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": data["categories"]}))
     return path
@@ -244,9 +247,9 @@ def test_script_retrains_on_mosaics_of_train_and_pseudo_images(small_lvis, tmp_p
     seen = {}
     real = script.retrain_classifier
 
-    def spy(checkpoint, dataset, sampler, classifier_cfg, train_cfg, out_dir, device, collate_fn=None):
+    def spy(checkpoint, dataset, sampler, classifier_cfg, train_cfg, out_dir, device, **kwargs):
         seen.update(dataset=dataset, sampler=sampler, cfg=train_cfg)
-        return real(checkpoint, dataset, sampler, classifier_cfg, train_cfg, out_dir, device, collate_fn=collate_fn)
+        return real(checkpoint, dataset, sampler, classifier_cfg, train_cfg, out_dir, device, **kwargs)
 
     monkeypatch.setattr(script, "retrain_classifier", spy)
     monkeypatch.setattr("tests.engine.test_retrain._retrain_script", lambda: script)
@@ -263,9 +266,32 @@ def test_script_retrains_on_mosaics_of_train_and_pseudo_images(small_lvis, tmp_p
     # t = 0.9 over 5 images: category 3 in 2 of them (f = 0.4) -> r = 1.5 for the pseudo images
     assert seen["sampler"].repeat_factors[3:].tolist() == pytest.approx([1.5, 1.5])
     assert seen["cfg"].rois_per_image == 7
+    # the ignore region reaches the targets flagged, and does not count as a category-1 image for the samplers
+    _, pseudo_target = mosaic.dataset[3]
+    assert pseudo_target["iscrowd"].tolist() == [False, True]
+    assert mosaic.dataset.image_category_ids(3) == {3}
     model, meta = load_detector(out / "model_final.pth")
     assert meta["model_cfg"]["classifier"] == {"type": "softmax", "dropout": 0.3}
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == TEST_MODEL_CFG.get("box_batch_size_per_image", 32)
+
+
+def test_script_resumes_only_with_the_same_inputs(small_lvis, tmp_path: Path) -> None:
+    """A rerun with the same inputs continues the checkpoint; a rewritten pseudo-label file (Snakemake rerunning
+    the pseudo_labels step) or another classifier config starts over and moves the old checkpoint aside."""
+    pseudo = _pseudo_file(small_lvis)
+    extra = ("--pseudo-annotations", str(pseudo), "--rfs-threshold", "0.5")
+    stale = tmp_path / "out" / "checkpoints" / "last.stale.pth"
+    _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, extra_args=extra, sampler="uniform", epochs=1)
+    _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, extra_args=extra, sampler="uniform", epochs=1)
+    assert not stale.exists()
+    data = json.loads(pseudo.read_text())
+    pseudo.write_text(json.dumps({**data, "annotations": data["annotations"][:1]}))
+    _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, extra_args=extra, sampler="uniform", epochs=1)
+    assert stale.exists()
+    stale.unlink()
+    _run_retrain_script(small_lvis, tmp_path, {"type": "softmax", "dropout": 0.5}, extra_args=extra,
+                        sampler="uniform", epochs=1)
+    assert stale.exists()
 
 
 def test_script_warns_when_the_pseudo_file_is_empty(small_lvis, tmp_path: Path, capsys):

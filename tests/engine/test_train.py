@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from longtail_seg.engine.checkpoint import load_training_state
+from longtail_seg.engine.checkpoint import input_fingerprint, load_training_state, resume_mismatch
 from longtail_seg.engine.train import TrainConfig, train
 from longtail_seg.models.detector import build_detector, load_detector
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
@@ -139,3 +139,36 @@ def test_stale_checkpoint_of_another_experiment_is_not_resumed(tmp_path: Path) -
     changed = run(epochs=3, lr=1e-4)  # another learning rate: start over, keep the old file aside
     assert changed.resumed_from_iteration == 0 and changed.iteration == 6
     assert (tmp_path / "checkpoints" / "last.stale.pth").exists()
+
+
+def test_checkpoint_resumes_only_with_the_same_input_fingerprint(tmp_path: Path) -> None:
+    dataset = FakeDetectionDataset(num_images=4, size=48)
+    data_file = tmp_path / "train.json"
+    data_file.write_text("{}")
+
+    def run(epochs: int, **settings):
+        model = build_detector(TEST_MODEL_CFG, 3)
+        cfg = _cfg(batch_size=2, epochs=epochs, checkpoint_period=1)
+        fingerprint = input_fingerprint(settings, {"train_annotations": data_file})
+        return train(model, dataset, OrderedSampler(4), cfg, tmp_path / "out", "cpu", collate_fn=collate,
+                     fingerprint=fingerprint)
+
+    assert run(1, mosaic={"prob": 1.0}).resumed_from_iteration == 0
+    assert run(2, mosaic={"prob": 1.0}).resumed_from_iteration == 2  # same inputs: continue
+    assert run(3, mosaic={"prob": 0.5}).resumed_from_iteration == 0  # another setting: start over
+    data_file.write_text('{"images": []}')  # the input rewritten upstream
+    assert run(4, mosaic={"prob": 0.5}).resumed_from_iteration == 0
+    assert run(5, mosaic={"prob": 0.5}).resumed_from_iteration == 8
+
+
+def test_resume_mismatch_names_the_changed_inputs(tmp_path: Path) -> None:
+    model = build_detector(TEST_MODEL_CFG, 3)
+    payload = {"model": model.state_dict(), "train_cfg": {"lr": 0.1},
+               "fingerprint": input_fingerprint({"mosaic": {"prob": 1.0}, "strong": None})}
+    assert resume_mismatch(payload, model, {"lr": 0.1}, dict(payload["fingerprint"])) is None
+    assert resume_mismatch(payload, model, {"lr": 0.1}) is None  # no fingerprint given: not checked
+    changed = resume_mismatch(payload, model, {"lr": 0.1}, input_fingerprint({"mosaic": {"prob": 0.5},
+                                                                               "strong": None}))
+    assert changed == "inputs changed: setting:mosaic"
+    missing = input_fingerprint(files={"pseudo": tmp_path / "absent.json", "none": None})
+    assert missing == {"file:pseudo": [str(tmp_path / "absent.json"), "missing"], "file:none": None}
