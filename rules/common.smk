@@ -80,6 +80,39 @@ def models_of_stage(stage):
     return [name for name, m in config["models"].items() if m["stage"] == stage]
 
 
+def test_settings(test):
+    """A `tests` entry with what it inherits: `from: OTHER` starts from OTHER's settings (itself resolved)."""
+    entry, seen = dict(config["tests"][test]), [test]
+    while "from" in entry:
+        base = entry.pop("from")
+        if base not in config["tests"] or base in seen:
+            raise ValueError(
+                f"config: tests.{seen[-1]}.from names '{base}', which is "
+                + ("part of a cycle" if base in seen else "not a key of 'tests'")
+                + f" (defined: {sorted(config['tests'])})"
+            )
+        seen.append(base)
+        entry = {**config["tests"][base], **entry}
+    return entry
+
+
+def is_multi_scale_test(test):
+    """Whether a `tests` entry uses any multi-scale key (inference/tta.py)."""
+    settings = test_settings(test)
+    return (
+        any(
+            settings.get(key)
+            for key in ("scales", "flip", "scale_ranges", "mask_voting")
+        )
+        or settings.get("merge", "nms") != "nms"
+    )
+
+
+def test_priority(wildcards):
+    """Single-scale passes (what Table 1 waits for) go before the several-times-dearer multi-scale ones."""
+    return 0 if is_multi_scale_test(wildcards.test) else 1
+
+
 def retrain_settings(model):
     """The `retrain` section with the model's own overrides (sampler, images per category, ...)."""
     return {**config["retrain"], **config["models"][model].get("retrain", {})}

@@ -24,7 +24,7 @@ rule pseudo_labels:
         mem_mb=config["compute"]["infer_mem_mb"],
         runtime=config["compute"]["infer_runtime_min"],
     params:
-        test_cfg=lambda wc: as_json(config["tests"][config["pseudo_labels"]["test"]]),
+        test_cfg=lambda wc: as_json(test_settings(config["pseudo_labels"]["test"])),
         threshold=config["pseudo_labels"]["score_threshold"],
         keep=lambda wc: (
             "" if config["pseudo_labels"]["rare_only"] else "--keep-all-images"

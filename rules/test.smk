@@ -10,6 +10,7 @@ rule infer:
         "logs/{dataset}/infer/{model}/{test}.log",
     benchmark:
         "benchmarks/out/{dataset}/infer/{model}/{test}.tsv"
+    priority: test_priority
     conda:
         "../envs/longtail_seg.yaml"
     threads: config["compute"]["infer_threads"]
@@ -18,7 +19,7 @@ rule infer:
         mem_mb=config["compute"]["infer_mem_mb"],
         runtime=config["compute"]["infer_runtime_min"],
     params:
-        test_cfg=lambda wc: as_json(config["tests"][wc.test]),
+        test_cfg=lambda wc: as_json(test_settings(wc.test)),
     shell:
         "python workflow_scripts/infer.py --checkpoint {input.model} --annotations {input.annotations}"
         " --image-root {input.images} --test-cfg '{params.test_cfg}' --out {output.predictions}"
@@ -36,6 +37,7 @@ rule evaluate:
         "logs/{dataset}/evaluate/{model}/{test}.log",
     benchmark:
         "benchmarks/out/{dataset}/evaluate/{model}/{test}.tsv"
+    priority: test_priority
     conda:
         "../envs/longtail_seg.yaml"
     shell:

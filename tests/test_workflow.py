@@ -98,6 +98,16 @@ def test_lvis_model_config_builds_a_1203_class_detector():
     assert set(detections[0]) >= {"boxes", "labels", "scores", "masks"}
 
 
+@pytest.mark.parametrize("base, problem", [("missing", "names 'missing', which is not a key of 'tests'"),
+                                           ("multi_scale_mask", "which is part of a cycle")])
+def test_test_entry_inheriting_from_a_bad_base_is_rejected(workflow_copy, base, problem):
+    bad = workflow_copy / "bad.yaml"
+    bad.write_text(f"tests:\n  multi_scale_box:\n    from: {base}\n")
+    result = _snakemake("-n", "--configfile", str(bad), cwd=workflow_copy)
+    assert result.returncode != 0
+    assert problem in result.stderr + result.stdout
+
+
 def test_default_table_that_is_not_a_table_is_rejected(workflow_copy):
     bad = workflow_copy / "bad.yaml"
     bad.write_text("default_tables: [table1, tabel2]\n")
@@ -142,6 +152,14 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
     assert table1["model"].tolist() == ["Representation learning", "+BGS retraining", "+double classifier",
                                         "+balanced mosaic", "+unlabeled (pseudo labels)"]
     assert table1.loc[0, "AP"] == pytest.approx(metrics["segm"]["AP"], abs=0.05)
+    table2 = pd.read_csv(results / "tables" / "table2.csv")
+    assert table2["model"].tolist() == ["Challenge baseline", "+multi-scale box", "+soft-NMS", "+scale-adaptive",
+                                        "+multi-scale mask"]
+    assert table2.loc[0, "AP"] == table1.loc[4, "AP"]  # the same model and test as Table 1's last row
+    voted = json.loads((results / "predictions" / "pseudo_double" / "multi_scale_mask.json").read_text())
+    assert voted and all("segmentation" in p for p in voted)
+    log = (workflow_copy / "logs" / "tiny" / "infer" / "pseudo_double" / "multi_scale_mask.log").read_text()
+    assert "4 views" in log
     predictions = json.loads((results / "predictions" / "representation" / "single_scale.json").read_text())
     assert all({"image_id", "category_id", "bbox", "score", "segmentation"} <= set(p) for p in predictions)
     # pseudo labels: a non-empty LVIS file, its summary, and the precision against the hidden ground truth

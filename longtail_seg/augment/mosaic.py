@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.data.lvis_io import DatasetError
 from longtail_seg.data.transforms import horizontal_flip
 
@@ -551,9 +552,7 @@ def _output_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def _check_jitter(params: Mapping[str, float]) -> dict[str, float]:
-    unknown = set(params) - set(JITTER_KEYS)
-    if unknown:
-        raise ValueError(f"color_jitter: unknown key(s) {sorted(unknown)}; allowed: {list(JITTER_KEYS)}")
+    reject_unknown_keys("color_jitter", params, JITTER_KEYS)
     checked = {key: float(params.get(key, 0.0)) for key in JITTER_KEYS}
     if min(checked.values()) < 0 or checked["hue"] > 0.5:
         raise ValueError(f"color_jitter strengths must be >= 0 (hue <= 0.5), got {dict(params)}")

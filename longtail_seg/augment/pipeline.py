@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.augment.mosaic import BalancedMosaic
 from longtail_seg.augment.strong import StrongAugment
 from longtail_seg.data.dataset import ConcatDetectionDataset, LVISDetectionDataset
@@ -107,7 +108,5 @@ def build_mosaic(
     """BalancedMosaic over ``dataset`` with partner probabilities p_i = r_i / sum r, from the ``augment.mosaic``
     config section (unknown keys raise with the allowed ones)."""
     cfg = dict(mosaic_cfg or {})
-    unknown = sorted(set(cfg) - set(MOSAIC_KEYS))
-    if unknown:
-        raise ValueError(f"augment.mosaic: unknown key(s) {unknown}; allowed: {sorted(MOSAIC_KEYS)}")
+    reject_unknown_keys("augment.mosaic", cfg, MOSAIC_KEYS)
     return BalancedMosaic(dataset, repeat_factors, seed=seed, **cfg)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.augment.mosaic import DEFAULT_FILL, color_jitter
 
 Target = dict[str, Any]
@@ -42,9 +43,7 @@ class StrongAugmentConfig:
         """Build from a config dict; unknown keys and out-of-range values raise with the key name."""
         cfg = dict(cfg or {})
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"augment.strong: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys("augment.strong", cfg, known)
         config = cls(**cfg)
         config.validate()
         return config
@@ -57,9 +56,8 @@ class StrongAugmentConfig:
         _check_pair("blur_sigma", self.blur_sigma, minimum=0.0)
         _check_pair("cutout_holes", self.cutout_holes, minimum=0)
         _check_pair("cutout_size", self.cutout_size, minimum=0.0, maximum=1.0)
-        unknown = set(self.color_jitter) - {"brightness", "contrast", "saturation", "hue"}
-        if unknown:
-            raise ValueError(f"augment.strong.color_jitter: unknown key(s) {sorted(unknown)}")
+        reject_unknown_keys("augment.strong.color_jitter", self.color_jitter,
+                            ("brightness", "contrast", "saturation", "hue"))
 
 
 def _check_pair(name: str, values: Sequence[float], minimum: float, maximum: float = float("inf")) -> None:

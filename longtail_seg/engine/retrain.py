@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -56,6 +56,8 @@ class RetrainConfig(TrainConfig):
 
     Defaults differ from stage 1 only in ``sampler`` (class-aware, the cRT of the report).
     """
+
+    SECTION: ClassVar[str] = "retrain"
 
     sampler: str = "class_aware"  # class_aware | repeat_factor | uniform
     images_per_category: int = 5  # class_aware only: images drawn per category each epoch (k)

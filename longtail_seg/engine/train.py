@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.engine.checkpoint import (
     TrainingProgress,
     apply_training_state,
@@ -48,6 +49,8 @@ METRICS_CSV = "metrics.csv"
 @dataclass
 class TrainConfig:
     """The ``train:`` config section. Defaults = the embedded demo (tiny model, 2 CPU cores)."""
+
+    SECTION: ClassVar[str] = "train"  # the config section, for error messages
 
     sampler: str = "repeat_factor"  # uniform | repeat_factor (image-level sampler of representation learning)
     batch_size: int = 8  # images per step per process
@@ -82,10 +85,7 @@ class TrainConfig:
         if isinstance(cfg, TrainConfig):
             return cfg
         cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown train config key(s) {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys(f"{cls.SECTION} config", cfg, (f.name for f in fields(cls)))
         config = cls(**cfg)
         config.validate()
         return config

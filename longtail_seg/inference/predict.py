@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.io_utils import atomic_write_json
 
 LVIS_MAX_DETS_PER_IMAGE = 300
@@ -234,7 +235,7 @@ def predict_dataset(
 
 @dataclass(frozen=True)
 class TestConfig:
-    """One ``tests:`` entry of config.yaml (single-scale test)."""
+    """One ``tests:`` entry of config.yaml: single-scale, or multi-scale + flip (``inference/tta.py``)."""
 
     min_size: int = 800
     max_size: int = 1333
@@ -242,14 +243,53 @@ class TestConfig:
     num_workers: int = 0
     max_dets: int = LVIS_MAX_DETS_PER_IMAGE  # detections per image (LVIS allows 300); also sets the model's own cap
     mask_threshold: float = 0.5
+    # multi-scale testing (any of these set -> inference/tta.py)
+    scales: tuple[int, ...] | None = None  # short sides of the views; null = [min_size]
+    flip: bool = False  # also every scale flipped left-right
+    merge: str = "nms"  # how the views' detections merge: nms | soft_nms
+    merge_iou: float = 0.5
+    soft_nms_method: str = "linear"  # linear | gaussian
+    scale_ranges: tuple[tuple[float, float], ...] | None = None  # per scale: [min, max) of sqrt(box area), original px
+    mask_voting: bool = False  # masks averaged over every view (else from the first scale, unflipped)
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "TestConfig":
-        """Build from a config dict; unknown keys raise with the known ones."""
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"test config: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**cfg)
+        """Build from a config dict; unknown keys and inconsistent multi-scale settings raise."""
+        reject_unknown_keys("test config", cfg, cls.__dataclass_fields__)
+        cfg = dict(cfg)
+        if cfg.get("scales") is not None:
+            cfg["scales"] = tuple(int(s) for s in cfg["scales"])
+        if cfg.get("scale_ranges") is not None:
+            cfg["scale_ranges"] = tuple((float(lo), float(hi)) for lo, hi in cfg["scale_ranges"])
+        config = cls(**cfg)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Multi-scale settings that cannot work raise with the key."""
+        if self.scales is not None and (not self.scales or min(self.scales) < 1):
+            raise ValueError(f"test config: scales must be a non-empty list of positive short sides, got {self.scales}")
+        if self.merge not in ("nms", "soft_nms"):
+            raise ValueError(f"test config: merge must be 'nms' or 'soft_nms', got {self.merge!r}")
+        if self.scale_ranges is not None and len(self.scale_ranges) != len(self.test_scales):
+            raise ValueError(f"test config: scale_ranges needs one [min, max] per scale ({len(self.test_scales)}), "
+                             f"got {len(self.scale_ranges)}")
+
+    @property
+    def multi_scale(self) -> bool:
+        """Whether this test needs the multi-scale path (any multi-scale key away from its default)."""
+        return (self.scales is not None or self.flip or self.merge != "nms" or self.scale_ranges is not None
+                or self.mask_voting)
+
+    @property
+    def test_scales(self) -> tuple[int, ...]:
+        """The short sides of the views (``[min_size]`` without ``scales``)."""
+        return self.scales if self.scales is not None else (self.min_size,)
+
+    def view_size_ranges(self) -> list[tuple[float, float] | None]:
+        """Scale-adaptive range of each view, in ``tta.augmented_views`` order (flipped views share their scale's)."""
+        per_scale = self.scale_ranges if self.scale_ranges is not None else [None] * len(self.test_scales)
+        return [r for r in per_scale for _ in ((0, 1) if self.flip else (0,))]
 
 
 def predict_annotation_file(
@@ -275,11 +315,17 @@ def predict_annotation_file(
     model.roi_heads.detections_per_img = cfg.max_dets  # a test-time choice: no retraining to change it
     if score_threshold is not None:
         model.roi_heads.score_thresh = max(float(score_threshold), model.roi_heads.score_thresh)
-    dataset = LVISDetectionDataset(annotation_file, image_root, transforms=build_test_transforms(cfg.min_size,
-                                   cfg.max_size), category_ids=meta["category_ids"], with_masks=False)
+    transforms = None if cfg.multi_scale else build_test_transforms(cfg.min_size, cfg.max_size)
+    dataset = LVISDetectionDataset(annotation_file, image_root, transforms=transforms,
+                                   category_ids=meta["category_ids"], with_masks=False)
     start = time.perf_counter()
-    results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                              max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
+    if cfg.multi_scale:
+        from longtail_seg.inference.tta import predict_dataset_multiscale
+
+        results = predict_dataset_multiscale(model, dataset, cfg, device)
+    else:
+        results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                  max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
     return results, len(dataset), time.perf_counter() - start
 
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail_seg.data.lvis_io import DatasetError
-from longtail_seg.models.classifiers import _reject_unknown_keys, feature_dropout, register_classifier
+from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.models.classifiers import feature_dropout, register_classifier
 
 STATS_COLUMNS = ("category_id", "bgs_group")
 
@@ -66,7 +67,7 @@ class BalancedGroupSoftmaxClassifier(nn.Module):
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> BalancedGroupSoftmaxClassifier:
         """Build from ``{"type": "bgs", "class_groups": [...], "others_sample_ratio": 8}`` (model.classifier)."""
         allowed = {"type", "class_groups", "others_sample_ratio", "dropout"}
-        _reject_unknown_keys(cfg, allowed=allowed, what="bgs classifier")
+        reject_unknown_keys("bgs classifier config", cfg, allowed)
         if "class_groups" not in cfg:
             raise ValueError(
                 "the bgs classifier config needs class_groups (group id per label 1..C); build it with "

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longtail_seg.config_keys import reject_unknown_keys
+
 CLASSIFIER_REGISTRY: dict[str, type[nn.Module]] = {}
 
 
@@ -51,7 +53,7 @@ class SoftmaxClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> "SoftmaxClassifier":
         """Build from the ``model.classifier`` config section (optional ``dropout``)."""
-        _reject_unknown_keys(cfg, allowed={"type", "dropout"}, what="softmax classifier")
+        reject_unknown_keys("softmax classifier config", cfg, {"type", "dropout"})
         return cls(in_features, num_classes, cfg.get("dropout", 0.0))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -138,8 +140,3 @@ def build_classifier(cfg: dict[str, Any] | None, in_features: int, num_classes: 
     return CLASSIFIER_REGISTRY[name].from_config(cfg, in_features, num_classes)
 
 
-def _reject_unknown_keys(cfg: dict[str, Any], allowed: set[str], what: str) -> None:
-    """Raise a clear error for config keys a module does not understand (typos fail loudly)."""
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in the {what} config; allowed: {sorted(allowed)}")

@@ -24,6 +24,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.io_utils import atomic_path
 from longtail_seg.models.backbones import build_backbone, num_feature_levels
 from longtail_seg.models.classifiers import BoxPredictor, BoxRegressor, build_classifier
@@ -68,9 +69,7 @@ DEFAULT_MODEL_CFG: dict[str, Any] = {
 def resolve_model_cfg(model_cfg: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults merged with ``model_cfg``; unknown keys raise (so a typo fails loudly)."""
     model_cfg = dict(model_cfg or {})
-    unknown = sorted(set(model_cfg) - set(DEFAULT_MODEL_CFG))
-    if unknown:
-        raise ValueError(f"unknown model config key(s) {unknown}; known keys: {sorted(DEFAULT_MODEL_CFG)}")
+    reject_unknown_keys("model config", model_cfg, DEFAULT_MODEL_CFG)
     cfg = copy.deepcopy(DEFAULT_MODEL_CFG)
     cfg.update(copy.deepcopy(model_cfg))
     if cfg["anchor_sizes"] is None:
@@ -135,33 +134,49 @@ class ClassifierRoIHeads(RoIHeads):
         targets: Optional[list[dict[str, torch.Tensor]]] = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """Box (+ mask) losses in training; per-image detections dict(boxes, labels, scores, masks) in eval."""
-        if self.training:
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        if not self.training:
+            result = self.detect_boxes(features, proposals, image_shapes)
+            if self.has_mask():
+                boxes, labels = [r["boxes"] for r in result], [r["labels"] for r in result]
+                for mask_prob, r in zip(self.class_mask_probs(features, boxes, labels, image_shapes), result):
+                    r["masks"] = mask_prob
+            return result, {}
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        if self.training and self.classifier_only:
-            all_labels = torch.cat(labels, dim=0)
+        all_labels = torch.cat(labels, dim=0)
+        if self.classifier_only:
             return [], {"loss_classifier": self.classifier.loss(self.classifier(box_features), all_labels)}
         class_logits, box_regression = self.box_predictor(box_features)
+        losses = {
+            "loss_classifier": self.classifier.loss(class_logits, all_labels),
+            "loss_box_reg": box_regression_loss(box_regression, all_labels, torch.cat(regression_targets, 0)),
+        }
+        if self.has_mask():
+            losses["loss_mask"] = self._mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
+        return [], losses
 
-        if self.training:
-            all_labels = torch.cat(labels, dim=0)
-            losses = {
-                "loss_classifier": self.classifier.loss(class_logits, all_labels),
-                "loss_box_reg": box_regression_loss(box_regression, all_labels, torch.cat(regression_targets, 0)),
-            }
-            if self.has_mask():
-                losses["loss_mask"] = self._mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
-            return [], losses
-
+    def detect_boxes(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Inference without the mask branch: per image, the detections dict(boxes, labels, scores)."""
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
         scores = self.classifier.scores(class_logits)
         boxes, det_scores, det_labels = self.postprocess_scores(scores, box_regression, proposals, image_shapes)
-        result = [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, det_labels, det_scores)]
-        if self.has_mask():
-            pooled = self.mask_roi_pool(features, boxes, image_shapes)
-            mask_features = self.mask_head(pooled.contiguous(memory_format=torch.channels_last))
-            for mask_prob, r in zip(predicted_class_mask_probs(self.mask_predictor, mask_features, det_labels), result):
-                r["masks"] = mask_prob
-        return result, {}
+        return [{"boxes": b, "labels": l, "scores": s} for b, l, s in zip(boxes, det_labels, det_scores)]
+
+    def class_mask_probs(
+        self,
+        features: dict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[torch.Tensor]:
+        """Per image, the M x M mask probabilities [N, 1, M, M] of each box for its own label (box-relative, not
+        yet pasted into the image): what multi-scale mask voting averages."""
+        pooled = self.mask_roi_pool(features, boxes, image_shapes)
+        mask_features = self.mask_head(pooled.contiguous(memory_format=torch.channels_last))
+        return predicted_class_mask_probs(self.mask_predictor, mask_features, labels)
 
     def _mask_loss(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> torch.Tensor:
         """torchvision's mask loss on the positive sampled RoIs."""

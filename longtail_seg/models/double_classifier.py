@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from longtail_seg.models.classifiers import _reject_unknown_keys, build_classifier, register_classifier
+from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.models.classifiers import build_classifier, register_classifier
 
 
 @register_classifier("double")
@@ -35,7 +36,7 @@ class DoubleClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> "DoubleClassifier":
         """Build from ``{"type": "double", "branches": [cfg_A, cfg_B]}``; each branch cfg is any classifier cfg."""
-        _reject_unknown_keys(cfg, allowed={"type", "branches"}, what="double classifier")
+        reject_unknown_keys("double classifier config", cfg, {"type", "branches"})
         branch_cfgs = cfg.get("branches")
         if not isinstance(branch_cfgs, (list, tuple)) or len(branch_cfgs) < 2:
             raise ValueError(

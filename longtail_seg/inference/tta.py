@@ -1,0 +1,211 @@
+"""Multi-scale + flip testing (the report's Section 4.2 and Table 2).
+
+Each image is seen at several short sides (``scales``), each optionally also flipped left-right. The steps of
+Table 2, each switched on by a ``tests:`` key:
+
+* multi-scale box: the detections of every view, mapped back to the original image, are merged by per-class NMS
+  (``merge: nms``) and the ``max_dets`` best kept;
+* soft-NMS: the merge decays overlapping boxes instead of deleting them (``merge: soft_nms``, IoU 0.5 in the
+  report; ``inference/soft_nms.py``);
+* scale-adaptive merging: each scale contributes only objects of the sizes it sees best (``scale_ranges``: one
+  [min, max] range of sqrt(box area) in original pixels per scale: small objects from the large scales);
+* multi-scale mask: the mask head runs on the merged boxes in every view (boxes mapped into that view, masks of
+  flipped views flipped back), and the box-relative M x M mask probabilities are averaged before pasting
+  (``mask_voting: true``); otherwise masks come from the first scale, unflipped.
+
+The backbone runs once per view; its features are kept for the mask step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import batched_nms
+from tqdm import tqdm
+
+from longtail_seg.data.transforms import resize, resized_size
+from longtail_seg.inference.predict import (
+    TestConfig,
+    _image_id,
+    collate_images_and_targets,
+    detections_to_lvis_results,
+)
+from longtail_seg.inference.soft_nms import soft_nms
+
+Detections = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class View:
+    """One test-time augmentation: the short side the image is resized to, and whether it is flipped."""
+
+    short_side: int
+    flip: bool
+
+
+def augmented_views(scales: Sequence[int], flip: bool) -> list[View]:
+    """Every (scale, flip) view; the first is the first scale unflipped (the single-scale view)."""
+    return [View(int(s), f) for s in scales for f in ((False, True) if flip else (False,))]
+
+
+@dataclass
+class _ViewFeatures:
+    """What the mask step needs of one view of a batch: backbone features, input sizes, resize factors (fx, fy)."""
+
+    view: View
+    features: dict[str, torch.Tensor]
+    image_sizes: list[tuple[int, int]]
+    factors: list[tuple[float, float]]
+
+
+def run_view(
+    model: torch.nn.Module, images: Sequence[torch.Tensor], view: View, max_size: int
+) -> tuple[_ViewFeatures, list[Detections]]:
+    """Detect boxes in one view of a batch; detections come back in original-image pixels."""
+    inputs, factors = [], []
+    for image in images:
+        height, width = image.shape[-2:]
+        size = resized_size(height, width, view.short_side, max_size)
+        resized, _ = resize(image, {}, size) if size != (height, width) else (image, {})
+        inputs.append(resized.flip(-1) if view.flip else resized)
+        factors.append((size[1] / width, size[0] / height))
+    image_list, _ = model.transform(inputs)
+    features = model.backbone(image_list.tensors)
+    proposals, _ = model.rpn(image_list, features)
+    detections = model.roi_heads.detect_boxes(features, proposals, image_list.image_sizes)
+    in_original = [
+        dict(d, boxes=_to_original(d["boxes"], factor, size[1], view.flip))
+        for d, factor, size in zip(detections, factors, image_list.image_sizes)
+    ]
+    return _ViewFeatures(view, features, list(image_list.image_sizes), factors), in_original
+
+
+def _to_original(boxes: torch.Tensor, factor: tuple[float, float], view_width: int, flip: bool) -> torch.Tensor:
+    """Boxes of a (flipped, resized) view in original-image pixels."""
+    if flip:
+        boxes = torch.stack([view_width - boxes[:, 2], boxes[:, 1], view_width - boxes[:, 0], boxes[:, 3]], dim=1)
+    fx, fy = factor
+    return boxes / boxes.new_tensor([fx, fy, fx, fy])
+
+
+def _to_view(boxes: torch.Tensor, factor: tuple[float, float], view_width: int, flip: bool) -> torch.Tensor:
+    """Inverse of ``_to_original``: original-image boxes in the pixels of a view."""
+    fx, fy = factor
+    boxes = boxes * boxes.new_tensor([fx, fy, fx, fy])
+    if flip:
+        boxes = torch.stack([view_width - boxes[:, 2], boxes[:, 1], view_width - boxes[:, 0], boxes[:, 3]], dim=1)
+    return boxes
+
+
+def in_size_range(boxes: torch.Tensor, size_range: Sequence[float] | None) -> torch.Tensor:
+    """Boolean mask of boxes whose sqrt(area) lies in [min, max) (all True without a range)."""
+    if size_range is None:
+        return torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    low, high = float(size_range[0]), float(size_range[1])
+    side = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+    return (side >= low) & (side < high)
+
+
+def merge_detections(
+    per_view: Sequence[Detections],
+    size_ranges: Sequence[Sequence[float] | None],
+    method: str = "nms",
+    iou_threshold: float = 0.5,
+    max_dets: int = 300,
+    soft_nms_method: str = "linear",
+    score_threshold: float = 1e-4,
+) -> Detections:
+    """One image's detections from all views (original pixels) -> the merged ``max_dets`` best.
+
+    ``size_ranges[k]`` (or None) is the scale-adaptive range of view k; ``method`` is "nms" or "soft_nms".
+    """
+    kept = [{key: d[key][in_size_range(d["boxes"], r)] for key in ("boxes", "scores", "labels")}
+            for d, r in zip(per_view, size_ranges)]
+    boxes = torch.cat([d["boxes"] for d in kept])
+    scores = torch.cat([d["scores"] for d in kept])
+    labels = torch.cat([d["labels"] for d in kept])
+    if method == "nms":
+        order = batched_nms(boxes, scores, labels, iou_threshold)[:max_dets]
+        return {"boxes": boxes[order], "scores": scores[order], "labels": labels[order]}
+    if method == "soft_nms":
+        order, decayed = soft_nms(boxes, scores, labels, iou_threshold, soft_nms_method,
+                                  score_threshold=score_threshold, max_dets=max_dets)
+        return {"boxes": boxes[order], "scores": decayed, "labels": labels[order]}
+    raise ValueError(f"merge method must be 'nms' or 'soft_nms', got {method!r}")
+
+
+def vote_masks(
+    model: torch.nn.Module, views: Sequence[_ViewFeatures], boxes: list[torch.Tensor], labels: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Per image, the mean over ``views`` of the box-relative mask probabilities [N, 1, M, M] of the merged
+    boxes (original pixels) for their labels; masks of flipped views are flipped back first."""
+    total: list[torch.Tensor] | None = None
+    for view in views:
+        in_view = [_to_view(b, factor, size[1], view.view.flip)
+                   for b, factor, size in zip(boxes, view.factors, view.image_sizes)]
+        probs = model.roi_heads.class_mask_probs(view.features, in_view, labels, view.image_sizes)
+        probs = [p.flip(-1) if view.view.flip else p for p in probs]
+        total = probs if total is None else [t + p for t, p in zip(total, probs)]
+    assert total is not None
+    return [t / len(views) for t in total]
+
+
+def predict_dataset_multiscale(
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    cfg: TestConfig,
+    device: str | torch.device = "cpu",
+    category_of: Callable[[int], int] | None = None,
+) -> list[dict]:
+    """LVIS results of ``model`` over ``dataset`` (images at their original size) with the multi-scale / flip
+    settings of ``cfg``; boxes and masks are in original-image pixels."""
+    category_of = category_of or getattr(dataset, "category_of", None)
+    if category_of is None:
+        raise ValueError("predict_dataset_multiscale needs category_of(label) -> category id")
+    views = augmented_views(cfg.test_scales, cfg.flip)
+    ranges = cfg.view_size_ranges()
+    mask_views = slice(None) if cfg.mask_voting else slice(0, 1)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                        collate_fn=collate_images_and_targets)
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    try:
+        with torch.inference_mode():
+            for images, targets in tqdm(loader, desc=f"inference ({len(views)} views)", unit="batch"):
+                images = [image.to(device, non_blocking=True) for image in images]
+                results.extend(_predict_batch(model, images, targets, views, ranges, mask_views, cfg, category_of))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _predict_batch(model, images, targets, views, ranges, mask_views, cfg: TestConfig, category_of) -> list[dict]:
+    """Views -> merged boxes -> (voted) masks pasted in the original image -> LVIS results, for one batch."""
+    view_features, per_view = [], []
+    for view in views:
+        features, detections = run_view(model, images, view, cfg.max_size)
+        view_features.append(features)
+        per_view.append(detections)
+    merged = [
+        merge_detections([detections[i] for detections in per_view], ranges, cfg.merge, cfg.merge_iou,
+                         cfg.max_dets, cfg.soft_nms_method, model.roi_heads.score_thresh)
+        for i in range(len(images))
+    ]
+    has_masks = model.roi_heads.has_mask()
+    if has_masks:
+        probs = vote_masks(model, view_features[mask_views], [m["boxes"] for m in merged],
+                           [m["labels"] for m in merged])
+    results = []
+    for index, (image, target, detections) in enumerate(zip(images, targets, merged)):
+        if has_masks:
+            detections = dict(detections, masks=paste_masks_in_image(probs[index], detections["boxes"],
+                                                                      tuple(image.shape[-2:])))
+        results.extend(detections_to_lvis_results(_image_id(target), detections, category_of,
+                                                  cfg.mask_threshold, cfg.max_dets))
+    return results

@@ -1,0 +1,100 @@
+"""Soft-NMS against hand-computed decays, class separation, and properties over random boxes (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.ops import box_iou, nms
+
+from longtail_seg.inference.soft_nms import soft_nms
+
+# box 1 overlaps box 0 with IoU 0.6 (10x10 boxes, shifted by 2.5: 75 / 125); box 2 overlaps box 0 by 0.25
+BOXES = torch.tensor([[0.0, 0, 10, 10], [2.5, 0, 12.5, 10], [6.0, 0, 16, 10]])
+SCORES = torch.tensor([0.9, 0.8, 0.7])
+LABELS = torch.tensor([1, 1, 1])
+
+
+def test_hand_computed_ious_of_the_fixture():
+    ious = box_iou(BOXES, BOXES)
+    assert ious[0, 1].item() == pytest.approx(0.6)
+    assert ious[0, 2].item() == pytest.approx(40 / 160)
+    assert ious[1, 2].item() == pytest.approx(65 / 135)
+
+
+def test_linear_decays_only_overlaps_at_or_above_the_threshold():
+    keep, scores = soft_nms(BOXES, SCORES, LABELS, iou_threshold=0.5, method="linear")
+    # pick 0 (0.9): box 1 (IoU 0.6) -> 0.8 * 0.4 = 0.32, box 2 (IoU 0.25) unchanged; pick 2 (0.7): box 1 vs box 2
+    # IoU 0.48 < 0.5 -> unchanged; pick 1 (0.32)
+    assert keep.tolist() == [0, 2, 1]
+    assert scores.tolist() == pytest.approx([0.9, 0.7, 0.32])
+
+
+def test_gaussian_decays_every_overlap():
+    sigma = 0.5
+    keep, scores = soft_nms(BOXES, SCORES, LABELS, method="gaussian", sigma=sigma)
+    s1 = 0.8 * math.exp(-0.36 / sigma)            # 0.389
+    s2 = 0.7 * math.exp(-(0.25**2) / sigma)       # 0.618 after the first pick
+    iou12 = 65 / 135
+    s1 *= math.exp(-(iou12**2) / sigma)           # then decayed again by box 2
+    assert keep.tolist() == [0, 2, 1]
+    assert scores.tolist() == pytest.approx([0.9, s2, s1], rel=1e-5)
+
+
+def test_classes_never_interact_and_threshold_drops_low_scores():
+    keep, scores = soft_nms(BOXES, SCORES, torch.tensor([1, 2, 3]))
+    assert keep.tolist() == [0, 1, 2] and scores.tolist() == pytest.approx(SCORES.tolist())
+    keep, _ = soft_nms(BOXES, SCORES, LABELS, score_threshold=0.5)
+    assert keep.tolist() == [0, 2]  # box 1 decayed to 0.32 < 0.5: dropped
+    keep, _ = soft_nms(BOXES, SCORES, LABELS, max_dets=2)
+    assert keep.tolist() == [0, 2]
+
+
+def test_empty_input_and_bad_arguments():
+    keep, scores = soft_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    assert keep.shape == (0,) and scores.shape == (0,)
+    with pytest.raises(ValueError, match="method"):
+        soft_nms(BOXES, SCORES, LABELS, method="hard")
+    with pytest.raises(ValueError, match="sigma"):
+        soft_nms(BOXES, SCORES, LABELS, method="gaussian", sigma=0)
+
+
+@st.composite
+def detections(draw):
+    n = draw(st.integers(1, 30))
+    xy = torch.tensor(draw(st.lists(st.tuples(st.floats(0, 50), st.floats(0, 50)), min_size=n, max_size=n)))
+    wh = torch.tensor(draw(st.lists(st.tuples(st.floats(1, 30), st.floats(1, 30)), min_size=n, max_size=n)))
+    scores = torch.tensor(draw(st.lists(st.floats(0.01, 1.0), min_size=n, max_size=n)))
+    labels = torch.tensor(draw(st.lists(st.integers(1, 3), min_size=n, max_size=n)))
+    return torch.cat([xy, xy + wh], dim=1), scores, labels
+
+
+@settings(max_examples=60, deadline=None)
+@given(detections(), st.sampled_from(["linear", "gaussian"]))
+def test_scores_only_decay_and_come_out_non_increasing(data, method):
+    boxes, scores, labels = data
+    keep, kept_scores = soft_nms(boxes, scores, labels, method=method, score_threshold=0.0)
+    assert len(set(keep.tolist())) == len(keep) == len(boxes)  # threshold 0: every box stays, once
+    assert torch.all(kept_scores <= scores[keep] + 1e-6)
+    assert torch.all(kept_scores[1:] <= kept_scores[:-1] + 1e-6)
+    # the first pick is the overall best, as in hard NMS
+    assert keep[0].item() == nms(boxes, scores, 0.5)[0].item()
+
+
+@settings(max_examples=60, deadline=None)
+@given(detections())
+def test_linear_soft_nms_keeps_what_hard_nms_keeps_with_unchanged_scores(data):
+    """A box hard NMS keeps overlaps no higher-scored kept box by more than the threshold, but soft-NMS may still
+    have decayed it through a box hard NMS removed; at least every box without any overlap >= 0.5 is untouched."""
+    boxes, scores, labels = data
+    keep, kept_scores = soft_nms(boxes, scores, labels, iou_threshold=0.5, score_threshold=0.0)
+    same_class = labels[:, None] == labels[None, :]
+    ious = torch.where(same_class, box_iou(boxes, boxes), torch.zeros(()))
+    ious.fill_diagonal_(0)
+    isolated = torch.nonzero(ious.max(dim=1).values < 0.5).flatten().tolist()
+    final = dict(zip(keep.tolist(), kept_scores.tolist()))
+    for index in isolated:
+        assert final[index] == pytest.approx(scores[index].item())
