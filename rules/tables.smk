@@ -11,6 +11,8 @@ rule ablation_table:
         "benchmarks/out/{dataset}/tables/{table}.tsv"
     wildcard_constraints:
         table="|".join(re.escape(name) for name in config["tables"]),
+    # instant: never left waiting behind a long job for a free core (Table 1 done = its last metrics done)
+    priority: 2
     localrule: True
     conda:
         "../envs/longtail_seg.yaml"
