@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -143,6 +144,8 @@ def vote_masks(
 ) -> list[torch.Tensor]:
     """Per image, the mean over ``views`` of the box-relative mask probabilities [N, 1, M, M] of the merged
     boxes (original pixels) for their labels; masks of flipped views are flipped back first."""
+    if not views:
+        raise ValueError("vote_masks needs at least one view")
     total: list[torch.Tensor] | None = None
     for view in views:
         in_view = [_to_view(b, factor, size[1], view.view.flip)
@@ -150,8 +153,7 @@ def vote_masks(
         probs = model.roi_heads.class_mask_probs(view.features, in_view, labels, view.image_sizes)
         probs = [p.flip(-1) if view.view.flip else p for p in probs]
         total = probs if total is None else [t + p for t, p in zip(total, probs)]
-    assert total is not None
-    return [t / len(views) for t in total]
+    return [t / len(views) for t in total or []]
 
 
 def predict_dataset_multiscale(
@@ -185,7 +187,16 @@ def predict_dataset_multiscale(
     return results
 
 
-def _predict_batch(model, images, targets, views, ranges, mask_views, cfg: TestConfig, category_of) -> list[dict]:
+def _predict_batch(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    targets: Sequence[Any],
+    views: list[View],
+    ranges: list[tuple[float, float] | None],
+    mask_views: slice,
+    cfg: TestConfig,
+    category_of: Callable[[int], int],
+) -> list[dict]:
     """Views -> merged boxes -> (voted) masks pasted in the original image -> LVIS results, for one batch."""
     view_features, per_view = [], []
     for view in views:

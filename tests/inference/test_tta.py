@@ -158,3 +158,16 @@ def test_annotation_file_entry_runs_the_multiscale_path(small_lvis, tmp_path):
         x, y, w, h = result["bbox"]
         assert -1e-3 <= x and x + w <= image["width"] + 1e-3 and y + h <= image["height"] + 1e-3
     assert max(sum(r["image_id"] == i for r in results) for i in images) <= 20
+
+
+def test_views_without_detections_merge_to_nothing_and_give_no_results():
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    for method in ("nms", "soft_nms"):
+        merged = merge_detections([empty, empty], [None, None], method)
+        assert merged["boxes"].shape == (0, 4) and merged["scores"].shape == (0,)
+    model = _model()
+    model.roi_heads.score_thresh = 1.1  # nothing passes
+    cfg = predict.TestConfig(min_size=64, max_size=200, scales=(64, 80), flip=True, mask_voting=True)
+    results = predict_dataset_multiscale(model, FakeDetectionDataset(num_images=2, size=64), cfg,
+                                         category_of=lambda label: label)
+    assert results == []
