@@ -18,6 +18,7 @@ rule pseudo_labels:
         "benchmarks/out/{dataset}/pseudo_labels.tsv"
     conda:
         "../envs/longtail_seg.yaml"
+    priority: 2
     threads: config["compute"]["infer_threads"]
     resources:
         gpu=min(config["compute"]["gpus"], 1),

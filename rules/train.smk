@@ -65,6 +65,7 @@ rule retrain_classifier:
     conda:
         "../envs/longtail_seg.yaml"
     threads: config["compute"]["retrain_threads"]
+    priority: training_priority
     resources:
         gpu=config["compute"]["gpus"],
         mem_mb=config["compute"]["train_mem_mb"],
@@ -103,6 +104,7 @@ rule combine_classifiers:
         "benchmarks/out/{dataset}/combine_classifiers/{model}.tsv"
     wildcard_constraints:
         model="|".join(models_of_stage("double")) or "__none__",
+    priority: training_priority
     localrule: True
     conda:
         "../envs/longtail_seg.yaml"
