@@ -144,7 +144,8 @@ def uses_pseudo_labels(model):
 
 def pseudo_label_chain():
     """The models on the workflow's longest chain: the pseudo-label teacher with its branches, and the models
-    retrained on pseudo labels with the double classifiers built from them (empty without pseudo-label models)."""
+    retrained on pseudo labels with the double classifiers built from them (empty without pseudo-label models).
+    """
     pseudo = {name for name in config["models"] if uses_pseudo_labels(name)}
     if not pseudo:
         return set()
@@ -158,7 +159,8 @@ def pseudo_label_chain():
 
 def training_priority(wildcards):
     """Retraining jobs on the pseudo-label chain start first: on a few cores, starting the short retrainings
-    first would push the whole chain (teacher, pseudo labels, student) back by their length."""
+    first would push the whole chain (teacher, pseudo labels, student) back by their length.
+    """
     return 2 if wildcards.model in pseudo_label_chain() else 0
 
 

@@ -16,9 +16,9 @@ rule pseudo_labels:
         "logs/{dataset}/pseudo_labels.log",
     benchmark:
         "benchmarks/out/{dataset}/pseudo_labels.tsv"
+    priority: 2
     conda:
         "../envs/longtail_seg.yaml"
-    priority: 2
     threads: config["compute"]["infer_threads"]
     resources:
         gpu=min(config["compute"]["gpus"], 1),

@@ -62,10 +62,10 @@ rule retrain_classifier:
         "benchmarks/out/{dataset}/retrain_classifier/{model}.tsv"
     wildcard_constraints:
         model="|".join(models_of_stage("retrain")) or "__none__",
+    priority: training_priority
     conda:
         "../envs/longtail_seg.yaml"
     threads: config["compute"]["retrain_threads"]
-    priority: training_priority
     resources:
         gpu=config["compute"]["gpus"],
         mem_mb=config["compute"]["train_mem_mb"],
