@@ -120,8 +120,7 @@ def _class_agnostic_nms(
     _check_threshold("class-agnostic NMS IoU", iou_threshold)
     if not labels:
         return []
-    boxes = [list(p["bbox"]) for p in labels]
-    ious = np.asarray(mask_utils.iou(boxes, boxes, [0] * len(boxes))).reshape(len(boxes), len(boxes))
+    ious = _box_ious(labels, labels)
     fixed = fixed or set()
     kept: list[int] = []
     for index in range(len(labels)):
@@ -243,8 +242,7 @@ def _regions_on_objects(
     """How many ignore regions cover a ground-truth object of any category (box IoU >= iou_threshold)."""
     if not regions or not truths:
         return 0
-    ious = mask_utils.iou([list(a["bbox"]) for a in regions], [list(t["bbox"]) for t in truths], [0] * len(truths))
-    return int((np.asarray(ious).reshape(len(regions), len(truths)).max(axis=1) >= iou_threshold).sum())
+    return int((_box_ious(regions, truths).max(axis=1) >= iou_threshold).sum())
 
 
 def _match(
@@ -256,8 +254,7 @@ def _match(
         return []
     if not truths:
         return [(label, False) for label in order]
-    ious = mask_utils.iou([list(a["bbox"]) for a in order], [list(t["bbox"]) for t in truths], [0] * len(truths))
-    ious = np.asarray(ious).reshape(len(order), len(truths))
+    ious = _box_ious(order, truths)
     used = np.zeros(len(truths), dtype=bool)
     truth_categories = np.array([int(t["category_id"]) for t in truths])
     results = []
@@ -270,3 +267,9 @@ def _match(
         else:
             results.append((label, False))
     return results
+
+
+def _box_ious(rows: Sequence[Mapping[str, Any]], columns: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Box IoU matrix [len(rows), len(columns)] of two non-empty lists of records with an xywh ``bbox``."""
+    ious = mask_utils.iou([list(r["bbox"]) for r in rows], [list(c["bbox"]) for c in columns], [0] * len(columns))
+    return np.asarray(ious).reshape(len(rows), len(columns))

@@ -97,7 +97,9 @@ def test_settings(test):
 
 
 def is_multi_scale_test(test):
-    """Whether a `tests` entry uses any multi-scale key (inference/tta.py)."""
+    """Whether a `tests` entry uses any multi-scale key (inference/tta.py). The twin of `TestConfig.multi_scale`
+    (longtail_seg/inference/predict.py), kept here so that building the DAG does not import torch.
+    """
     settings = test_settings(test)
     return (
         any(

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.augment.mosaic import BalancedMosaic
 from longtail_seg.augment.strong import StrongAugment
+from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.data.dataset import ConcatDetectionDataset, LVISDetectionDataset
 from longtail_seg.data.transforms import Compose, build_train_transforms
 from longtail_seg.sampling.repeat_factor import read_repeat_factors

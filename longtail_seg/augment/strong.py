@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.augment.mosaic import DEFAULT_FILL, color_jitter
+from longtail_seg.config_keys import reject_unknown_keys
 
 Target = dict[str, Any]
 

@@ -122,13 +122,17 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+def flip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    """xyxy boxes mirrored left-right in an image ``width`` wide (x -> W - x)."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
 def horizontal_flip(image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
     """Mirror image, masks and boxes (x -> W - x) left-right."""
     width = image.shape[-1]
     target = dict(target)
     if "boxes" in target:
-        boxes = target["boxes"]
-        target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+        target["boxes"] = flip_boxes(target["boxes"], width)
     if "masks" in target:
         target["masks"] = target["masks"].flip(-1)
     return image.flip(-1), target

@@ -23,9 +23,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch

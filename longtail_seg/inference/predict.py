@@ -208,10 +208,44 @@ def predict_dataset(
     resized the image, the target's ``orig_size`` maps detections back to the original image.
     ``category_of`` maps a model label to a dataset category id (default: ``dataset.category_of``).
     """
+    category_of = dataset_category_lookup(dataset, category_of, "predict_dataset")
+
+    def predict_batch(images: list[torch.Tensor], targets: Sequence[Any]) -> list[dict]:
+        results: list[dict] = []
+        for image, target, output in zip(images, targets, model(images)):
+            if not with_masks:
+                output = {key: value for key, value in output.items() if key != "masks"}
+            scale, original_size = _back_to_original(image, target)
+            results.extend(detections_to_lvis_results(_image_id(target), output, category_of,
+                                                      mask_threshold, max_dets, scale, original_size))
+        return results
+
+    return run_over_dataset(model, dataset, predict_batch, device, batch_size, num_workers)
+
+
+def dataset_category_lookup(
+    dataset: torch.utils.data.Dataset, category_of: Callable[[int], int] | None, caller: str
+) -> Callable[[int], int]:
+    """``category_of`` or the dataset's own ``category_of`` (label -> category id); a clear error without both."""
     category_of = category_of or getattr(dataset, "category_of", None)
     if category_of is None:
-        raise ValueError("predict_dataset needs category_of(label) -> category id: the dataset has no "
+        raise ValueError(f"{caller} needs category_of(label) -> category id: the dataset has no "
                          "category_of method, so pass category_of explicitly")
+    return category_of
+
+
+def run_over_dataset(
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    predict_batch: Callable[[list[torch.Tensor], Sequence[Any]], list[dict]],
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    num_workers: int = 0,
+    desc: str = "inference",
+) -> list[dict]:
+    """The inference loop shared by single- and multi-scale testing: batches of ``dataset`` moved to ``device``,
+    ``predict_batch(images, targets)`` under ``torch.inference_mode`` with the model in eval mode (its mode is
+    restored afterwards); returns all batches' results in dataset order."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_images_and_targets)
     device = torch.device(device)
@@ -220,14 +254,8 @@ def predict_dataset(
     results: list[dict] = []
     try:
         with torch.inference_mode():
-            for images, targets in tqdm(loader, desc="inference", unit="batch"):
-                outputs = model([image.to(device, non_blocking=True) for image in images])
-                for image, target, output in zip(images, targets, outputs):
-                    if not with_masks:
-                        output = {key: value for key, value in output.items() if key != "masks"}
-                    scale, original_size = _back_to_original(image, target)
-                    results.extend(detections_to_lvis_results(_image_id(target), output, category_of,
-                                                              mask_threshold, max_dets, scale, original_size))
+            for images, targets in tqdm(loader, desc=desc, unit="batch"):
+                results.extend(predict_batch([image.to(device, non_blocking=True) for image in images], targets))
     finally:
         model.train(was_training)
     return results

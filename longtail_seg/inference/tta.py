@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import batched_nms
-from tqdm import tqdm
 
-from longtail_seg.data.transforms import resize, resized_size
+from longtail_seg.data.transforms import flip_boxes, resize, resized_size
 from longtail_seg.inference.predict import (
     TestConfig,
     _image_id,
-    collate_images_and_targets,
+    dataset_category_lookup,
     detections_to_lvis_results,
+    run_over_dataset,
 )
 from longtail_seg.inference.soft_nms import soft_nms
 
@@ -88,7 +87,7 @@ def run_view(
 def _to_original(boxes: torch.Tensor, factor: tuple[float, float], view_width: int, flip: bool) -> torch.Tensor:
     """Boxes of a (flipped, resized) view in original-image pixels."""
     if flip:
-        boxes = torch.stack([view_width - boxes[:, 2], boxes[:, 1], view_width - boxes[:, 0], boxes[:, 3]], dim=1)
+        boxes = flip_boxes(boxes, view_width)
     fx, fy = factor
     return boxes / boxes.new_tensor([fx, fy, fx, fy])
 
@@ -97,9 +96,7 @@ def _to_view(boxes: torch.Tensor, factor: tuple[float, float], view_width: int, 
     """Inverse of ``_to_original``: original-image boxes in the pixels of a view."""
     fx, fy = factor
     boxes = boxes * boxes.new_tensor([fx, fy, fx, fy])
-    if flip:
-        boxes = torch.stack([view_width - boxes[:, 2], boxes[:, 1], view_width - boxes[:, 0], boxes[:, 3]], dim=1)
-    return boxes
+    return flip_boxes(boxes, view_width) if flip else boxes
 
 
 def in_size_range(boxes: torch.Tensor, size_range: Sequence[float] | None) -> torch.Tensor:
@@ -165,26 +162,16 @@ def predict_dataset_multiscale(
 ) -> list[dict]:
     """LVIS results of ``model`` over ``dataset`` (images at their original size) with the multi-scale / flip
     settings of ``cfg``; boxes and masks are in original-image pixels."""
-    category_of = category_of or getattr(dataset, "category_of", None)
-    if category_of is None:
-        raise ValueError("predict_dataset_multiscale needs category_of(label) -> category id")
+    category_of = dataset_category_lookup(dataset, category_of, "predict_dataset_multiscale")
     views = augmented_views(cfg.test_scales, cfg.flip)
     ranges = cfg.view_size_ranges()
     mask_views = slice(None) if cfg.mask_voting else slice(0, 1)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                        collate_fn=collate_images_and_targets)
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    results: list[dict] = []
-    try:
-        with torch.inference_mode():
-            for images, targets in tqdm(loader, desc=f"inference ({len(views)} views)", unit="batch"):
-                images = [image.to(device, non_blocking=True) for image in images]
-                results.extend(_predict_batch(model, images, targets, views, ranges, mask_views, cfg, category_of))
-    finally:
-        model.train(was_training)
-    return results
+
+    def predict_batch(images: list[torch.Tensor], targets: Sequence[Any]) -> list[dict]:
+        return _predict_batch(model, images, targets, views, ranges, mask_views, cfg, category_of)
+
+    return run_over_dataset(model, dataset, predict_batch, device, cfg.batch_size, cfg.num_workers,
+                            desc=f"inference ({len(views)} views)")
 
 
 def _predict_batch(

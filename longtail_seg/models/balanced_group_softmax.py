@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longtail_seg.data.lvis_io import DatasetError
 from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.data.lvis_io import DatasetError
 from longtail_seg.models.classifiers import feature_dropout, register_classifier
 
 STATS_COLUMNS = ("category_id", "bgs_group")
