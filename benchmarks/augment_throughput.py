@@ -15,18 +15,14 @@ alternate PLAIN, MOSAIC, ... so background load hits both alike.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from longtail_seg.augment.mosaic import BalancedMosaic  # noqa: E402
-from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
-from longtail_seg.io_utils import atomic_write_json  # noqa: E402
+from longtail_seg.augment.mosaic import BalancedMosaic
+from longtail_seg.data.transforms import build_train_transforms
+from longtail_seg.io_utils import atomic_write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

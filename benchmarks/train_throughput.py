@@ -20,25 +20,23 @@ import argparse
 import itertools
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import pandas as pd
+import torch
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor  # noqa: E402
-from torchvision.models.detection.roi_heads import RoIHeads  # noqa: E402
-from torchvision.models.detection.transform import GeneralizedRCNNTransform  # noqa: E402
-
-from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection  # noqa: E402
-from longtail_seg.data.transforms import build_train_transforms  # noqa: E402
-from longtail_seg.engine.schedule import build_optimizer  # noqa: E402
-from longtail_seg.engine.train import train  # noqa: E402
-from longtail_seg.models.detector import build_detector, resolve_model_cfg  # noqa: E402
-from longtail_seg.sampling import build_sampler  # noqa: E402
+from longtail_seg.data.dataset import LVISDetectionDataset, collate_detection
+from longtail_seg.data.transforms import build_train_transforms
+from longtail_seg.engine.schedule import build_optimizer
+from longtail_seg.engine.train import train
+from longtail_seg.models.config import resolve_model_cfg
+from longtail_seg.models.detector import build_detector
+from longtail_seg.sampling import build_sampler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,10 +69,13 @@ def stock_equivalent(model_cfg: dict, num_classes: int) -> torch.nn.Module:
     """Our architecture with torchvision's stock RoIHeads, FastRCNNPredictor and transform."""
     model = build_detector(model_cfg, num_classes)
     cfg = resolve_model_cfg(model_cfg)
-    heads = RoIHeads.__new__(RoIHeads)
-    heads.__dict__.update(model.roi_heads.__dict__)
-    heads.box_predictor = FastRCNNPredictor(cfg["box_head_dim"], num_classes + 1)
-    model.roi_heads = heads
+    ours = model.roi_heads
+    model.roi_heads = RoIHeads(
+        ours.box_roi_pool, ours.box_head, FastRCNNPredictor(cfg["box_head_dim"], num_classes + 1),
+        0.5, 0.5, cfg["box_batch_size_per_image"], cfg["box_positive_fraction"], None,
+        cfg["box_score_thresh"], cfg["box_nms_thresh"], cfg["box_detections_per_img"],
+        ours.mask_roi_pool, ours.mask_head, ours.mask_predictor,
+    )
     model.transform = GeneralizedRCNNTransform(
         cfg["min_size"], cfg["max_size"], cfg["image_mean"], cfg["image_std"], _skip_resize=True
     )

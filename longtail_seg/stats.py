@@ -6,9 +6,9 @@ so LVIS v1 (100k images, 1.27M instances) takes well under a second once the JSO
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -113,7 +113,8 @@ def compute_dataset_stats(
         }
     )
     images = pd.DataFrame(
-        {"image_id": arrays.image_ids, "repeat_factor": img_factors, "sampling_prob": sampling_probabilities(img_factors)}
+        {"image_id": arrays.image_ids, "repeat_factor": img_factors,
+         "sampling_prob": sampling_probabilities(img_factors)}
     )
     summary = _summary(categories, num_images, image_index, category_index, groups, rfs_threshold, img_factors)
     return DatasetStats(categories=categories, images=images, summary=summary)

@@ -15,6 +15,6 @@ rule mosaic_samples:
     params:
         mosaic_cfg=as_json(config["augment"]["mosaic"]),
     shell:
-        "python workflow_scripts/mosaic_samples.py --train-annotations {input.annotations}"
-        " --image-root {input.images} --repeat-factors {input.repeat_factors}"
-        " --mosaic-cfg '{params.mosaic_cfg}' --out {output} > {log} 2>&1"
+        "python workflow_scripts/mosaic_samples.py --train-annotations {input.annotations:q}"
+        " --image-root {input.images:q} --repeat-factors {input.repeat_factors:q}"
+        " --mosaic-cfg {params.mosaic_cfg:q} --out {output:q} > {log:q} 2>&1"

@@ -1,26 +1,47 @@
 import json
 import re
+import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
+
+from longtail_seg.workflow_config import (
+    check_unknown_keys,
+    check_workflow_config,
+    config_error_message,
+    is_multi_scale_test,
+    load_schema,
+    model_job_settings,
+    retrain_job_settings,
+    test_job_settings,
+    train_job_settings,
+    uses_pseudo_labels,
+)
 
 min_version("9.0")
 
+SCHEMA_FILE = Path(workflow.basedir, "schemas", "config.schema.yaml")
 
-validate(config, "../schemas/config.schema.yaml")
+
+def config_error(error):
+    """A clean WorkflowError for a bad config. Dry runs log to stdout, so the message goes to stderr as well."""
+    message = f"Invalid configuration:\n{config_error_message(error)}"
+    if getattr(getattr(workflow, "output_settings", None), "stdout", False):
+        print(message, file=sys.stderr)
+    return WorkflowError(message)
+
+
+# Before any job: unknown keys with their full path and the allowed ones, the schema (types and ranges), then what
+# a schema cannot check (names that refer to other entries, the code's own value checks, every per-model override).
+try:
+    check_unknown_keys(config, load_schema(SCHEMA_FILE))
+    validate(config, str(SCHEMA_FILE))
+    check_workflow_config(config)
+except (ValueError, WorkflowError) as error:
+    raise config_error(error) from None
 
 DATASET = config["dataset"]
-if DATASET not in config["datasets"]:
-    raise ValueError(
-        f"config: dataset '{DATASET}' is not defined under 'datasets' "
-        f"(defined: {sorted(config['datasets'])}); add it or pick one of those"
-    )
-UNKNOWN_DEFAULT_TABLES = sorted(set(config["default_tables"]) - set(config["tables"]))
-if UNKNOWN_DEFAULT_TABLES:
-    raise ValueError(
-        f"config: default_tables names {UNKNOWN_DEFAULT_TABLES}, which are not keys of 'tables' "
-        f"(defined: {sorted(config['tables'])}); add them to 'tables' or remove them from default_tables"
-    )
 
 
 wildcard_constraints:
@@ -55,7 +76,7 @@ def image_root(dataset):
 
 
 def as_json(section):
-    """A config section as a JSON string for a workflow script's command line (shell-quoted by the rule)."""
+    """A config section as a JSON string for a workflow script's command line (quoted there by `{params.x:q}`)."""
     return json.dumps(section, sort_keys=True)
 
 
@@ -80,44 +101,9 @@ def models_of_stage(stage):
     return [name for name, m in config["models"].items() if m["stage"] == stage]
 
 
-def test_settings(test):
-    """A `tests` entry with what it inherits: `from: OTHER` starts from OTHER's settings (itself resolved)."""
-    entry, seen = dict(config["tests"][test]), [test]
-    while "from" in entry:
-        base = entry.pop("from")
-        if base not in config["tests"] or base in seen:
-            raise ValueError(
-                f"config: tests.{seen[-1]}.from names '{base}', which is "
-                + ("part of a cycle" if base in seen else "not a key of 'tests'")
-                + f" (defined: {sorted(config['tests'])})"
-            )
-        seen.append(base)
-        entry = {**config["tests"][base], **entry}
-    return entry
-
-
-def is_multi_scale_test(test):
-    """Whether a `tests` entry uses any multi-scale key (inference/tta.py). The twin of `TestConfig.multi_scale`
-    (longtail_seg/inference/predict.py), kept here so that building the DAG does not import torch.
-    """
-    settings = test_settings(test)
-    return (
-        any(
-            settings.get(key)
-            for key in ("scales", "flip", "scale_ranges", "mask_voting")
-        )
-        or settings.get("merge", "nms") != "nms"
-    )
-
-
 def test_priority(wildcards):
     """Single-scale passes (what Table 1 waits for) go before the several-times-dearer multi-scale ones."""
-    return 0 if is_multi_scale_test(wildcards.test) else 1
-
-
-def retrain_settings(model):
-    """The `retrain` section with the model's own overrides (sampler, images per category, ...)."""
-    return {**config["retrain"], **config["models"][model].get("retrain", {})}
+    return 0 if is_multi_scale_test(config, wildcards.test) else 1
 
 
 def source_model(wildcards):
@@ -134,21 +120,11 @@ def branch_models(wildcards):
     ]
 
 
-def train_settings(model):
-    """The `train` section with the model's own overrides applied (e.g. the uniform-sampling baseline)."""
-    return {**config["train"], **config["models"][model].get("train", {})}
-
-
-def uses_pseudo_labels(model):
-    """Whether a retrained model trains on train + the pseudo-labelled unlabeled images."""
-    return bool(config["models"][model].get("pseudo_labels", False))
-
-
 def pseudo_label_chain():
     """The models on the workflow's longest chain: the pseudo-label teacher with its branches, and the models
     retrained on pseudo labels with the double classifiers built from them (empty without pseudo-label models).
     """
-    pseudo = {name for name in config["models"] if uses_pseudo_labels(name)}
+    pseudo = {name for name in config["models"] if uses_pseudo_labels(config, name)}
     if not pseudo:
         return set()
     teacher = config["pseudo_labels"]["teacher"]
@@ -175,18 +151,24 @@ def retrain_pseudo_input(wildcards):
     """The pseudo-label file for models with `pseudo_labels: true` (nothing for the others)."""
     return (
         [pseudo_label_file(wildcards.dataset)]
-        if uses_pseudo_labels(wildcards.model)
+        if uses_pseudo_labels(config, wildcards.model)
         else []
     )
 
 
 def mosaic_args(settings):
-    """--mosaic-cfg for a run with `mosaic: true` (empty otherwise, so the mosaic settings are not a parameter
-    of the runs that do not use them and changing them reruns only the mosaic models).
+    """--mosaic-cfg for a run with `mosaic: true` (nothing otherwise, so the mosaic settings are not a parameter
+    of the runs that do not use them and changing them reruns only the mosaic models). A list of arguments, each
+    shell-quoted by the rule's `{params.extra:q}`.
     """
-    if not settings.get("mosaic", False):
-        return ""
-    return f"--mosaic-cfg '{as_json(config['augment']['mosaic'])}'"
+    if not settings["mosaic"]:
+        return []
+    return ["--mosaic-cfg", as_json(config["augment"]["mosaic"])]
+
+
+def train_extra_args(wildcards):
+    """Optional representation-learning arguments: the mosaic settings of a mosaic run."""
+    return mosaic_args(train_job_settings(config, wildcards.model))
 
 
 def retrain_extra_args(wildcards):
@@ -195,14 +177,17 @@ def retrain_extra_args(wildcards):
     A function of the wildcards only, so that Snakemake records it as a parameter and a change of these settings
     reruns exactly the models that use them.
     """
-    args = [mosaic_args(retrain_settings(wildcards.model))]
-    if uses_pseudo_labels(wildcards.model):
+    args = mosaic_args(retrain_job_settings(config, wildcards.model))
+    if uses_pseudo_labels(config, wildcards.model):
         args += [
-            f"--pseudo-annotations {pseudo_label_file(wildcards.dataset)}",
-            f"--strong-augment-cfg '{as_json(config['augment']['strong'])}'",
-            f"--rfs-threshold {config['stats']['rfs_threshold']}",
+            "--pseudo-annotations",
+            pseudo_label_file(wildcards.dataset),
+            "--strong-augment-cfg",
+            as_json(config["augment"]["strong"]),
+            "--rfs-threshold",
+            str(config["stats"]["rfs_threshold"]),
         ]
-    return " ".join(arg for arg in args if arg)
+    return args
 
 
 def pseudo_teacher(wildcards):
@@ -211,8 +196,21 @@ def pseudo_teacher(wildcards):
     return f"results/{wildcards.dataset}/models/{teacher}/model_final.pth"
 
 
+def pseudo_label_options():
+    """The optional pseudo_labels.py arguments (a list, shell-quoted by `{params.options:q}`): every image or
+    rare-only, class-agnostic NMS, ignore regions.
+    """
+    section = config["pseudo_labels"]
+    options = [] if section["rare_only"] else ["--keep-all-images"]
+    if section["class_agnostic_nms_iou"] is not None:
+        options += ["--class-agnostic-nms", str(section["class_agnostic_nms_iou"])]
+    if section.get("ignore_threshold") is not None:
+        options += ["--ignore-threshold", str(section["ignore_threshold"])]
+    return options
+
+
 def any_model_uses_pseudo_labels():
-    return any(uses_pseudo_labels(name) for name in config["models"])
+    return any(uses_pseudo_labels(config, name) for name in config["models"])
 
 
 def all_targets():

@@ -15,7 +15,7 @@ rule make_dataset:
     params:
         settings=lambda wc: dataset_config(wc.dataset)["synthetic"],
     shell:
-        "python workflow_scripts/make_dataset.py --out-dir data/{wildcards.dataset}"
+        "python workflow_scripts/make_dataset.py --out-dir data/{wildcards.dataset:q}"
         " --seed {params.settings[seed]} --image-size {params.settings[image_size]}"
         " --num-train {params.settings[num_train]} --num-val {params.settings[num_val]}"
-        " --num-unlabeled {params.settings[num_unlabeled]} > {log} 2>&1"
+        " --num-unlabeled {params.settings[num_unlabeled]} > {log:q} 2>&1"

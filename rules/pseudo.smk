@@ -25,26 +25,16 @@ rule pseudo_labels:
         mem_mb=config["compute"]["infer_mem_mb"],
         runtime=config["compute"]["infer_runtime_min"],
     params:
-        test_cfg=lambda wc: as_json(test_settings(config["pseudo_labels"]["test"])),
+        test_cfg=lambda wc: as_json(
+            test_job_settings(config, config["pseudo_labels"]["test"])
+        ),
         threshold=config["pseudo_labels"]["score_threshold"],
-        keep=lambda wc: (
-            "" if config["pseudo_labels"]["rare_only"] else "--keep-all-images"
-        ),
-        nms=lambda wc: (
-            ""
-            if config["pseudo_labels"]["class_agnostic_nms_iou"] is None
-            else f"--class-agnostic-nms {config['pseudo_labels']['class_agnostic_nms_iou']}"
-        ),
-        ignore=lambda wc: (
-            ""
-            if config["pseudo_labels"].get("ignore_threshold") is None
-            else f"--ignore-threshold {config['pseudo_labels']['ignore_threshold']}"
-        ),
+        options=pseudo_label_options(),
     shell:
-        "python workflow_scripts/pseudo_labels.py --teacher {input.teacher} --unlabeled {input.unlabeled}"
-        " --image-root {input.images} --train-annotations {input.train} --category-stats {input.categories}"
-        " --test-cfg '{params.test_cfg}' --score-threshold {params.threshold} {params.keep} {params.nms} {params.ignore}"
-        " --out {output.pseudo} --summary {output.summary} --threads {threads} > {log} 2>&1"
+        "python workflow_scripts/pseudo_labels.py --teacher {input.teacher:q} --unlabeled {input.unlabeled:q}"
+        " --image-root {input.images:q} --train-annotations {input.train:q} --category-stats {input.categories:q}"
+        " --test-cfg {params.test_cfg:q} --score-threshold {params.threshold} {params.options:q}"
+        " --out {output.pseudo:q} --summary {output.summary:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule pseudo_label_precision:
@@ -64,5 +54,5 @@ rule pseudo_label_precision:
     conda:
         "../envs/longtail_seg.yaml"
     shell:
-        "python workflow_scripts/pseudo_label_precision.py --pseudo {input.pseudo} --hidden-gt {input.hidden_gt}"
-        " --category-stats {input.categories} --out {output} > {log} 2>&1"
+        "python workflow_scripts/pseudo_label_precision.py --pseudo {input.pseudo:q} --hidden-gt {input.hidden_gt:q}"
+        " --category-stats {input.categories:q} --out {output:q} > {log:q} 2>&1"

@@ -15,11 +15,11 @@ rule dataset_stats:
         "../envs/longtail_seg.yaml"
     params:
         threshold=config["stats"]["rfs_threshold"],
-        bins=" ".join(str(b) for b in config["stats"]["bgs_bins"]),
+        bins=config["stats"]["bgs_bins"],
     shell:
-        "python workflow_scripts/dataset_stats.py --annotations {input.annotations}"
-        " --out-dir results/{wildcards.dataset}/stats --rfs-threshold {params.threshold}"
-        " --bgs-bins {params.bins} > {log} 2>&1"
+        "python workflow_scripts/dataset_stats.py --annotations {input.annotations:q}"
+        " --out-dir results/{wildcards.dataset:q}/stats --rfs-threshold {params.threshold}"
+        " --bgs-bins {params.bins} > {log:q} 2>&1"
 
 
 rule stats:

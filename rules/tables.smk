@@ -19,8 +19,8 @@ rule ablation_table:
     params:
         rows=lambda wc: as_json(table_rows(wc.table)),
     shell:
-        "python workflow_scripts/make_table.py --rows '{params.rows}' --metrics {input}"
-        " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "python workflow_scripts/make_table.py --rows {params.rows:q} --metrics {input:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 # One target rule per table, named after it: `snakemake --cores all table1` (or controls, ...).

@@ -19,11 +19,11 @@ rule infer:
         mem_mb=config["compute"]["infer_mem_mb"],
         runtime=config["compute"]["infer_runtime_min"],
     params:
-        test_cfg=lambda wc: as_json(test_settings(wc.test)),
+        test_cfg=lambda wc: as_json(test_job_settings(config, wc.test)),
     shell:
-        "python workflow_scripts/infer.py --checkpoint {input.model} --annotations {input.annotations}"
-        " --image-root {input.images} --test-cfg '{params.test_cfg}' --out {output.predictions}"
-        " --threads {threads} > {log} 2>&1"
+        "python workflow_scripts/infer.py --checkpoint {input.model:q} --annotations {input.annotations:q}"
+        " --image-root {input.images:q} --test-cfg {params.test_cfg:q} --out {output.predictions:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -41,5 +41,5 @@ rule evaluate:
     conda:
         "../envs/longtail_seg.yaml"
     shell:
-        "python workflow_scripts/evaluate.py --annotations {input.annotations}"
-        " --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
+        "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
+        " --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"

@@ -23,10 +23,10 @@ rule train_representation:
         mem_mb=config["compute"]["train_mem_mb"],
         runtime=config["compute"]["train_runtime_min"],
     params:
-        model_cfg=lambda wc: as_json(config["model"]),
-        train_cfg=lambda wc: as_json(train_settings(wc.model)),
+        model_cfg=lambda wc: as_json(model_job_settings(config)),
+        train_cfg=lambda wc: as_json(train_job_settings(config, wc.model)),
         out_dir=lambda wc, output: Path(output.model).parent,
-        extra=lambda wc: mosaic_args(train_settings(wc.model)),
+        extra=train_extra_args,
     shell:
         """
         if [ {resources.gpu} -gt 1 ]; then
@@ -34,10 +34,10 @@ rule train_representation:
         else
             launcher=python
         fi
-        $launcher workflow_scripts/train.py --train-annotations {input.annotations} \
-            --image-root {input.images} --repeat-factors {input.repeat_factors} \
-            --model-cfg '{params.model_cfg}' --train-cfg '{params.train_cfg}' {params.extra} \
-            --out-dir {params.out_dir} --threads {threads} >{log} 2>&1
+        $launcher workflow_scripts/train.py --train-annotations {input.annotations:q} \
+            --image-root {input.images:q} --repeat-factors {input.repeat_factors:q} \
+            --model-cfg {params.model_cfg:q} --train-cfg {params.train_cfg:q} {params.extra:q} \
+            --out-dir {params.out_dir:q} --threads {threads} >{log:q} 2>&1
         """
 
 
@@ -72,7 +72,7 @@ rule retrain_classifier:
         runtime=config["compute"]["train_runtime_min"],
     params:
         classifier_cfg=lambda wc: as_json(config["models"][wc.model]["classifier"]),
-        train_cfg=lambda wc: as_json(retrain_settings(wc.model)),
+        train_cfg=lambda wc: as_json(retrain_job_settings(config, wc.model)),
         out_dir=lambda wc, output: Path(output.model).parent,
         stats_dir=lambda wc, input: Path(input.categories).parent,
         extra=retrain_extra_args,
@@ -83,11 +83,11 @@ rule retrain_classifier:
         else
             launcher=python
         fi
-        $launcher workflow_scripts/retrain.py --checkpoint {input.model} \
-            --train-annotations {input.annotations} --image-root {input.images} \
-            --stats-dir {params.stats_dir} --classifier-cfg '{params.classifier_cfg}' \
-            --train-cfg '{params.train_cfg}' {params.extra} --out-dir {params.out_dir} \
-            --threads {threads} >{log} 2>&1
+        $launcher workflow_scripts/retrain.py --checkpoint {input.model:q} \
+            --train-annotations {input.annotations:q} --image-root {input.images:q} \
+            --stats-dir {params.stats_dir:q} --classifier-cfg {params.classifier_cfg:q} \
+            --train-cfg {params.train_cfg:q} {params.extra:q} --out-dir {params.out_dir:q} \
+            --threads {threads} >{log:q} 2>&1
         """
 
 
@@ -109,5 +109,5 @@ rule combine_classifiers:
     conda:
         "../envs/longtail_seg.yaml"
     shell:
-        "python workflow_scripts/combine_classifiers.py --first {input.first} --second {input.second}"
-        " --out {output.model} > {log} 2>&1"
+        "python workflow_scripts/combine_classifiers.py --first {input.first:q} --second {input.second:q}"
+        " --out {output.model:q} > {log:q} 2>&1"

@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def load_workflow_script(name: str) -> ModuleType:
     """Import workflow_scripts/NAME.py as a module, to call its parse_args/main in-process."""
-    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", REPO_ROOT / "workflow_scripts" / f"{name}.py")
+    path = REPO_ROOT / "workflow_scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from longtail_seg.data.lvis_categories import lvis_v1_categories
 from longtail_seg.data.lvis_io import AnnotationArrays, annotation_arrays, load_lvis
 from longtail_seg.stats import (
     bgs_groups,
@@ -93,20 +94,14 @@ def test_stats_reject_annotation_of_unknown_category():
 
 def test_stats_scale_to_lvis_v1_size_with_real_category_table():
     """LVIS v1 scale (1203 categories, ~100k images, ~1.27M instances) must take seconds, not minutes."""
-    import json
     import time
 
-    from tests.conftest import REPO_ROOT
-
-    table = REPO_ROOT.parent / "shared" / "data" / "lvis_v1_train_cat_info.json"
-    if not table.is_file():
-        pytest.skip(f"LVIS v1 category table not found at {table}")
-    cat_info = json.loads(table.read_text())
+    table = lvis_v1_categories()
     rng = np.random.default_rng(0)
     num_images = 100_170
-    image_counts = np.array([c["image_count"] for c in cat_info])
-    instance_counts = np.array([c["instance_count"] for c in cat_info])
-    category_ids = np.array([c["id"] for c in cat_info])
+    image_counts = table["image_count"].to_numpy()
+    instance_counts = table["instance_count"].to_numpy()
+    category_ids = table["id"].to_numpy()
     # Place each category's instances on image_count distinct random images.
     ann_cats, ann_images = [], []
     for cid, n_img, n_inst in zip(category_ids, image_counts, instance_counts):
@@ -115,7 +110,7 @@ def test_stats_scale_to_lvis_v1_size_with_real_category_table():
         ann_cats.append(np.full(n_inst, cid))
     arrays = AnnotationArrays(
         image_ids=np.arange(1, num_images + 1), category_ids=category_ids,
-        category_names=[c["name"] for c in cat_info], ann_image_ids=np.concatenate(ann_images) + 1,
+        category_names=table["name"].tolist(), ann_image_ids=np.concatenate(ann_images) + 1,
         ann_category_ids=np.concatenate(ann_cats), ann_bboxes=np.zeros((int(instance_counts.sum()), 4)),
     )
     start = time.perf_counter()
@@ -123,8 +118,7 @@ def test_stats_scale_to_lvis_v1_size_with_real_category_table():
     elapsed = time.perf_counter() - start
     assert elapsed < 10, f"statistics took {elapsed:.1f}s at LVIS scale"
     np.testing.assert_array_equal(stats.categories["image_count"], image_counts)
-    expected_groups = [c["frequency"] for c in cat_info]
-    assert stats.categories["frequency"].tolist() == expected_groups
+    assert stats.categories["frequency"].tolist() == table["frequency"].tolist()
 
 
 @settings(max_examples=40, deadline=None)
@@ -144,5 +138,5 @@ def test_repeat_factors_of_images_match_the_stats_step(image_categories, thresho
 
 def test_repeat_factors_of_images_hand_computed():
     # 4 images; category 7 in 1 of them (f = 0.25), category 8 in all; t = 1: r_7 = 2, r_8 = 1
-    factors = repeat_factors_of_images([{7, 8}, {8}, {8}, {8, 8}], threshold=1.0)
+    factors = repeat_factors_of_images([{7, 8}, {8}, {8}, {8}], threshold=1.0)
     np.testing.assert_allclose(factors, [2.0, 1.0, 1.0, 1.0])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, box_annotation, write_lvis
 
 WORKFLOW_FILES = ("Snakefile", "rules", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
                   "envs", "longtail_seg")
@@ -23,16 +25,32 @@ def _snakemake(*args: str, cwd: Path = REPO_ROOT, timeout: int = 600) -> subproc
     return subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def workflow_copy(tmp_path: Path) -> Path:
-    """A copy of the workflow in a temporary folder, as a fresh clone would have it."""
+def _model(dataset: str, model: str) -> str:
+    """The checkpoint of a model."""
+    return f"results/{dataset}/models/{model}/model_final.pth"
+
+
+def _copy_workflow(folder: Path) -> Path:
+    """A copy of the workflow in ``folder``, as a fresh clone would have it."""
     for name in WORKFLOW_FILES:
         source = REPO_ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(source, tmp_path / name)
-    return tmp_path
+            shutil.copy(source, folder / name)
+    return folder
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    """A copy of the workflow in a temporary folder, as a fresh clone would have it."""
+    return _copy_workflow(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy for the dry runs of a module that write nothing but Snakemake's own metadata."""
+    return _copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 def test_snakemake_lint_passes():
@@ -79,8 +97,9 @@ def test_lvis_config_builds_the_gpu_dag_from_files_on_disk(workflow_copy):
     assert result.returncode == 0, result.stderr
     assert "make_dataset" not in result.stdout and "pseudo_label_precision" not in result.stdout
     assert "torchrun --standalone --nproc_per_node=4" in result.stdout
-    train_cfg = json.loads(re.search(r"train\.py .*?--train-cfg '([^']*)'", result.stdout, re.S).group(1))
-    assert train_cfg["optimizer"] == "sgd" and train_cfg["max_iterations"] is None
+    train_cfg = json.loads(_argument(_shell_commands(result.stdout)[_model("lvis_v1", "representation")],
+                                     "--train-cfg"))
+    assert train_cfg["optimizer"] == "sgd" and train_cfg["max_iterations"] is None and train_cfg["momentum"] == 0.9
     assert train_cfg["lr_schedule"][-1] == [27, 3e-05] and train_cfg["min_size_range"] == [600, 1000]
     assert "--rfs-threshold 0.001" in result.stdout
 
@@ -96,6 +115,36 @@ def test_lvis_model_config_builds_a_1203_class_detector():
     with torch.no_grad():
         detections = model([torch.rand(3, 160, 192)])
     assert set(detections[0]) >= {"boxes", "labels", "scores", "masks"}
+
+
+# A typo anywhere fails the dry run within seconds, before any job, naming the key's full path and the keys allowed
+# there (longtail_seg/workflow_config.py; tests/test_workflow_config.py covers every section).
+FAST_FAILURES = {
+    "retrain": ("retrain:\n  smapler: class_aware\n",
+                ["retrain.smapler (did you mean 'sampler'?)", "retrain allows: amp, batch_size,"]),
+    "model-retrain": ("models:\n  bgs_class_aware:\n    retrain: {images_per_categroy: 3}\n",
+                      ["models.bgs_class_aware.retrain.images_per_categroy (did you mean 'images_per_category'?)",
+                       "models.bgs_class_aware.retrain allows: amp, batch_size,"]),
+    "stage": ("models:\n  bgs:\n    train: {lr: 0.1}\n",
+              ["models.bgs.train: only representation models take 'train'", "models.bgs.retrain"]),
+    "test": ("tests:\n  multi_scale_adaptive:\n    scale_ranges: [[0, 10]]\n",
+             ["tests.multi_scale_adaptive", "scale_ranges needs one [min, max] per scale"]),
+}
+
+
+@pytest.mark.parametrize("case", FAST_FAILURES)
+def test_a_config_error_fails_the_dry_run_fast_with_its_path(workflow_copy, case):
+    override, expected = FAST_FAILURES[case]
+    bad = workflow_copy / "bad.yaml"
+    bad.write_text(override)
+    start = time.perf_counter()
+    result = _snakemake("-n", "--configfile", str(bad), cwd=workflow_copy)
+    elapsed = time.perf_counter() - start
+    assert result.returncode != 0
+    for part in expected:  # on stderr, even in a dry run (which logs to stdout)
+        assert part in result.stderr, result.stderr
+    assert "Building DAG of jobs" not in result.stdout + result.stderr  # failed before any job was considered
+    assert elapsed < 20, f"took {elapsed:.1f}s"
 
 
 @pytest.mark.parametrize("base, problem", [("missing", "names 'missing', which is not a key of 'tests'"),
@@ -114,6 +163,86 @@ def test_default_table_that_is_not_a_table_is_rejected(workflow_copy):
     result = _snakemake("-n", "--configfile", str(bad), cwd=workflow_copy)
     assert result.returncode != 0
     assert "['tabel2']" in result.stderr + result.stdout and "default_tables" in result.stderr + result.stdout
+
+
+# Each job's parameters hold only what the job reads: one changed key changes the command line (every parameter is
+# on it) of exactly the jobs that read it, so Snakemake's params trigger reruns exactly those.
+PARAM_CHANGES = {
+    "retrain.images_per_category": ("retrain:\n  images_per_category: 7\n", {
+        _model("demo", m) for m in ("bgs_class_aware", "bgs_class_aware_mosaic", "bgs_class_aware_pseudo",
+                                    "bgs_class_aware_long")}),
+    "augment.mosaic.prob": ("augment:\n  mosaic:\n    prob: 0.5\n", {
+        "results/demo/figures/mosaic_samples.png",
+        *(_model("demo", m)
+          for m in ("bgs_mosaic", "bgs_class_aware_mosaic", "bgs_pseudo", "bgs_class_aware_pseudo"))}),
+    "tests.multi_scale_box.flip": ("tests:\n  multi_scale_box:\n    flip: false\n", {
+        f"results/demo/predictions/pseudo_double/{t}.json"
+        for t in ("multi_scale_box", "multi_scale_soft_nms", "multi_scale_adaptive", "multi_scale_mask")}),
+    "retrain.momentum": ("retrain:\n  momentum: 0.5\n", set()),  # adamw: no job reads it
+}
+
+
+@pytest.fixture(scope="module")
+def base_commands(shared_workflow_copy: Path) -> dict[str, str]:
+    return _job_commands(shared_workflow_copy, "")
+
+
+@pytest.mark.parametrize("key", PARAM_CHANGES)
+def test_one_changed_key_changes_only_the_jobs_that_read_it(shared_workflow_copy, base_commands, key):
+    override, expected = PARAM_CHANGES[key]
+    changed = _job_commands(shared_workflow_copy, override)
+    assert set(changed) == set(base_commands)  # the same jobs
+    assert {output for output, command in changed.items() if command != base_commands[output]} == expected
+
+
+def test_table_labels_with_quotes_pass_safely(workflow_copy):
+    """A label with quotes, $(...), backticks and shell operators reaches the table verbatim and runs nothing."""
+    labels = ["it's", 'say "hi"', "$(touch pwned) `touch pwned2` \\ ; & | > out"]
+    pairs = [("representation", "single_scale"), ("bgs", "single_scale"), ("double", "single_scale")]
+    rows = [{"label": label, "model": model, "test": test} for label, (model, test) in zip(labels, pairs)]
+    (workflow_copy / "quoted.yaml").write_text(yaml.safe_dump({"tables": {"quoted": rows}}))
+    for index, (model, test) in enumerate(pairs):  # cached metrics: the table is the only job to run
+        metrics = workflow_copy / "results" / "demo" / "eval" / model / test / "metrics.json"
+        metrics.parent.mkdir(parents=True)
+        values = {"AP": 10.0 + index, "APr": 1.0, "APc": 2.0, "APf": 3.0}
+        metrics.write_text(json.dumps({"segm": values, "bbox": values}))
+    result = _snakemake("results/demo/tables/quoted.csv", "--cores", "1", "--configfile", "quoted.yaml",
+                        "--allowed-rules", "ablation_table", cwd=workflow_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(workflow_copy / "results" / "demo" / "tables" / "quoted.csv")
+    assert table["model"].tolist() == labels and table["AP"].tolist() == [10.0, 11.0, 12.0]
+    assert not list(workflow_copy.glob("pwned*")) and not (workflow_copy / "out").exists()
+
+
+def test_dataset_paths_with_spaces_and_quotes_pass_safely(workflow_copy):
+    """An LVIS dataset whose annotation path has a space and a quote: the stats rule reads it."""
+    train = workflow_copy / "my data" / "it's train.json"
+    train.parent.mkdir()
+    categories = [{"id": c, "name": f"cat{c}", "frequency": "f", "image_count": 0, "instance_count": 0}
+                  for c in (1, 2)]
+    images = [{"id": i, "file_name": f"{i}.png", "height": 32, "width": 32, "neg_category_ids": [],
+               "not_exhaustive_category_ids": []} for i in (1, 2, 3)]
+    annotations = [box_annotation(1, 1, 1, [2, 2, 10, 10]), box_annotation(2, 2, 2, [0, 0, 8, 16]),
+                   box_annotation(3, 3, 1, [4, 4, 4, 4])]
+    write_lvis(train, images, annotations, categories)
+    paths = {"train_json": "my data/it's train.json", "val_json": 'my data/"val".json',
+             "unlabeled_json": "my data/un labeled.json", "image_root": "my data/images $(touch pwned)"}
+    for name in ('"val".json', "un labeled.json"):  # only a dry run reads these: they need only exist
+        (train.parent / name).write_text("{}")
+    (train.parent / "images $(touch pwned)").mkdir()
+    config = {"dataset": "real", "datasets": {"real": {"source": "lvis", **paths}}}
+    (workflow_copy / "real.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake("--cores", "1", "stats", "--configfile", "real.yaml", cwd=workflow_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((workflow_copy / "results" / "real" / "stats" / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["instances"] == 3
+    assert not list(workflow_copy.glob("pwned*"))
+    # every path from the config reaches the other jobs' command lines as one argument
+    dry = _snakemake("-n", "--configfile", "real.yaml", cwd=workflow_copy)
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(_shell_commands(dry.stdout)["results/real/predictions/representation/single_scale.json"])
+    assert _argument(command, "--annotations") == 'my data/"val".json'
+    assert _argument(command, "--image-root") == "my data/images $(touch pwned)"
 
 
 @pytest.mark.slow
@@ -186,6 +315,22 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
     assert _models_to_rebuild(workflow_copy, "augment:\n  mosaic:\n    prob: 0.5\n") == {
         "bgs_mosaic", "bgs_class_aware_mosaic", "mosaic_double", "bgs_pseudo", "bgs_class_aware_pseudo",
         "pseudo_double"}
+    # Parameters hold only what a job reads: against the recorded parameters, only the readers changed (the
+    # class-aware pseudo-label model reads it too, but reruns anyway: its teacher's branch changed).
+    assert _params_changed(workflow_copy, "retrain:\n  images_per_category: 7\n") == {
+        _model("tiny", m) for m in ("bgs_class_aware", "bgs_class_aware_mosaic")}
+    assert _models_to_rebuild(workflow_copy, "retrain:\n  momentum: 0.5\n") == set()  # adamw never reads it
+
+
+def _params_changed(workflow_copy: Path, override: str) -> set[str]:
+    """Outputs that a dry run with tiny.yaml plus ``override`` (YAML text) reruns because their parameters changed.
+    (Not `--list-changes params`: Snakemake 9.27 lists every output there, changed or not.)"""
+    extra = workflow_copy / "override.yaml"
+    extra.write_text(override)
+    result = _snakemake("-n", "--configfile", "configs/tiny.yaml", str(extra), cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr
+    return {output for output, block in _job_blocks(result.stdout).items()
+            if "reason: Params have changed" in block}
 
 
 def _models_to_rebuild(workflow_copy: Path, override: str) -> set[str]:
@@ -195,3 +340,37 @@ def _models_to_rebuild(workflow_copy: Path, override: str) -> set[str]:
     result = _snakemake("-n", "--configfile", "configs/tiny.yaml", str(extra), cwd=workflow_copy)
     assert result.returncode == 0, result.stderr
     return set(re.findall(r"output: results/tiny/models/([A-Za-z0-9_]+)/model_final.pth", result.stdout))
+
+
+
+def _job_blocks(dry_run_stdout: str) -> dict[str, str]:
+    """The jobs of a dry run's output: first output -> the job's text (rule, reason, shell command, ...)."""
+    blocks = {}
+    for block in re.split(r"\n\[[^\]\n]+\]\n", dry_run_stdout):
+        output = re.search(r"^    output: ([^,\n]+)", block, re.M)
+        if output:
+            blocks[output.group(1)] = block
+    return blocks
+
+
+def _shell_commands(dry_run_stdout: str) -> dict[str, str]:
+    """The jobs of a dry run's output (printshellcmds, from profiles/default): first output -> shell command."""
+    return {output: block.split("Shell command:", 1)[1].strip()
+            for output, block in _job_blocks(dry_run_stdout).items() if "Shell command:" in block}
+
+
+def _argument(command: str | list[str], option: str) -> str:
+    """The value after ``option`` on a command line (a string is split as the shell would)."""
+    words = shlex.split(command) if isinstance(command, str) else command
+    return words[words.index(option) + 1]
+
+
+def _job_commands(workflow: Path, override: str) -> dict[str, str]:
+    """Every job of the default and control tables (a dry run in a fresh copy), with ``override`` (YAML text)."""
+    extra = workflow / "override.yaml"
+    extra.write_text(override or "{}\n")
+    result = _snakemake("-n", "all", "controls", "--configfile", str(extra), cwd=workflow)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    commands = _shell_commands(result.stdout)
+    assert len(commands) > 30, result.stdout[-3000:]
+    return commands

@@ -11,12 +11,8 @@ is DoubleClassifier([A's, B's]) and scores S = (S_A + S_B) / 2 with a single bac
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from longtail_seg.engine.retrain import combine_classifiers  # noqa: E402
+from longtail_seg.engine.retrain import combine_classifiers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

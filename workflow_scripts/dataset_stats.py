@@ -7,15 +7,12 @@ long_tail.png. Runs under Snakemake (rule dataset_stats) or by hand:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from longtail_seg.data.lvis_io import annotation_arrays, load_lvis  # noqa: E402
-from longtail_seg.plots import plot_long_tail  # noqa: E402
-from longtail_seg.stats import DEFAULT_BGS_BINS, compute_dataset_stats, write_dataset_stats  # noqa: E402
+from longtail_seg.data.lvis_io import annotation_arrays, load_lvis
+from longtail_seg.plots import plot_long_tail
+from longtail_seg.stats import DEFAULT_BGS_BINS, compute_dataset_stats, write_dataset_stats
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

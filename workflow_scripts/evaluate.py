@@ -8,13 +8,9 @@ and write metrics.json. Runs under Snakemake (rule evaluate) or by hand:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from longtail_seg.evaluation.lvis_eval import (  # noqa: E402
+from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
     evaluate_lvis,

@@ -10,17 +10,14 @@ The checkpoint carries the model config and the dataset's category ids, so the m
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from longtail_seg.cli import parse_json_object  # noqa: E402
-
-from longtail_seg.engine.train import resolve_device  # noqa: E402
-from longtail_seg.inference.predict import TestConfig, predict_annotation_file, write_results  # noqa: E402
+from longtail_seg.cli import parse_json_object
+from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.results import write_results
+from longtail_seg.inference.run import predict_annotation_file
+from longtail_seg.runtime import resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,14 +10,10 @@ Writes OUT_DIR/annotations/{train,val,unlabeled,unlabeled_hidden_gt}.json and OU
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from longtail_seg.data.lvis_io import load_json  # noqa: E402
-from longtail_seg.data.synthetic import generate_dataset  # noqa: E402
+from longtail_seg.data.lvis_io import load_json
+from longtail_seg.data.synthetic import generate_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

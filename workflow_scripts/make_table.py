@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from longtail_seg.data.lvis_io import load_json  # noqa: E402
-from longtail_seg.evaluation.tables import build_table, table_to_markdown, write_table  # noqa: E402
+from longtail_seg.data.lvis_io import load_json
+from longtail_seg.evaluation.tables import build_table, table_to_markdown, write_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,19 +8,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from longtail_seg.augment.pipeline import build_mosaic  # noqa: E402
-from longtail_seg.augment.visualize import save_augmented_grid  # noqa: E402
-from longtail_seg.cli import parse_json_object  # noqa: E402
-from longtail_seg.data.dataset import LVISDetectionDataset  # noqa: E402
-from longtail_seg.data.lvis_io import load_json  # noqa: E402
-from longtail_seg.sampling.repeat_factor import read_repeat_factors  # noqa: E402
+from longtail_seg.augment.pipeline import build_mosaic
+from longtail_seg.augment.visualize import save_augmented_grid
+from longtail_seg.cli import parse_json_object
+from longtail_seg.data.dataset import LVISDetectionDataset
+from longtail_seg.data.lvis_io import load_json
+from longtail_seg.sampling.repeat_factor import read_repeat_factors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

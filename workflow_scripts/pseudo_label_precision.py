@@ -10,14 +10,10 @@ Only this evaluation reads the hidden file; training never does.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from longtail_seg.data.lvis_io import load_json  # noqa: E402
-from longtail_seg.io_utils import atomic_write_json  # noqa: E402
-from longtail_seg.pseudo_labels import pseudo_label_precision, read_frequency_groups  # noqa: E402
+from longtail_seg.data.lvis_io import load_json
+from longtail_seg.io_utils import atomic_write_json
+from longtail_seg.pseudo_labels import pseudo_label_precision, read_frequency_groups
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,19 +14,15 @@ LVIS-format file of the kept images with their pseudo labels (boxes, categories,
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from longtail_seg.cli import parse_json_object  # noqa: E402
-from longtail_seg.data.lvis_io import DatasetError, load_json, load_lvis  # noqa: E402
-from longtail_seg.engine.train import resolve_device  # noqa: E402
-from longtail_seg.inference.predict import TestConfig, predict_annotation_file  # noqa: E402
-from longtail_seg.io_utils import atomic_write_json  # noqa: E402
-from longtail_seg.pseudo_labels import (  # noqa: E402
+from longtail_seg.cli import parse_json_object
+from longtail_seg.data.lvis_io import DatasetError, load_json, load_lvis
+from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.run import predict_annotation_file
+from longtail_seg.io_utils import atomic_write_json
+from longtail_seg.pseudo_labels import (
     DEFAULT_SCORE_THRESHOLD,
     filter_pseudo_labels,
     pseudo_label_dataset,
@@ -34,6 +30,7 @@ from longtail_seg.pseudo_labels import (  # noqa: E402
     read_frequency_groups,
     uncertain_regions,
 )
+from longtail_seg.runtime import resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,27 +20,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E402
-
-from longtail_seg.augment.pipeline import build_training_data  # noqa: E402
-from longtail_seg.data.dataset import collate_detection  # noqa: E402
-from longtail_seg.engine.checkpoint import input_fingerprint  # noqa: E402
-from longtail_seg.engine.retrain import (  # noqa: E402
-    RetrainConfig,
+from longtail_seg.augment.pipeline import build_training_data
+from longtail_seg.cli import finish_training_run, parse_json_object
+from longtail_seg.data.dataset import collate_detection
+from longtail_seg.engine.checkpoint import input_fingerprint
+from longtail_seg.engine.config import RetrainConfig
+from longtail_seg.engine.retrain import (
     build_retrain_sampler,
     checkpoint_category_ids,
     fill_bgs_groups,
     retrain_classifier,
 )
-from longtail_seg.engine.train import init_distributed_mode  # noqa: E402
+from longtail_seg.runtime import init_distributed_mode
 
 CATEGORY_STATS = "category_stats.csv"
 IMAGE_REPEAT_FACTORS = "image_repeat_factors.csv"
@@ -59,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON object: the retraining section (train keys; sampler class_aware|repeat_factor|"
                              "uniform; images_per_category)")
     parser.add_argument("--mosaic-cfg", default="{}",
-                        help="JSON object: the config's augment.mosaic section (used when --train-cfg has mosaic: true)")
+                        help="JSON object: the config's augment.mosaic section (used with mosaic: true in --train-cfg)")
     parser.add_argument("--pseudo-annotations",
                         help="LVIS JSON of pseudo-labelled images (rule pseudo_labels) to train on together with the "
                              "training set; their file names are relative to --image-root")

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from longtail_seg.cli import finish_training_run, parse_json_object  # noqa: E402
-
-from longtail_seg.augment.pipeline import build_training_data  # noqa: E402
-from longtail_seg.data.dataset import collate_detection  # noqa: E402
-from longtail_seg.engine.checkpoint import input_fingerprint  # noqa: E402
-from longtail_seg.engine.train import TrainConfig, init_distributed_mode, seed_everything, train  # noqa: E402
-from longtail_seg.models.detector import build_detector, resolve_model_cfg  # noqa: E402
-from longtail_seg.sampling import build_sampler  # noqa: E402
+from longtail_seg.augment.pipeline import build_training_data
+from longtail_seg.cli import finish_training_run, parse_json_object
+from longtail_seg.data.dataset import collate_detection
+from longtail_seg.engine.checkpoint import input_fingerprint
+from longtail_seg.engine.config import TrainConfig
+from longtail_seg.engine.train import train
+from longtail_seg.models.config import resolve_model_cfg
+from longtail_seg.models.detector import build_detector
+from longtail_seg.runtime import init_distributed_mode, seed_everything
+from longtail_seg.sampling import build_sampler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-cfg", default="{}", help="JSON object: the config's `model:` section")
     parser.add_argument("--train-cfg", default="{}", help="JSON object: the config's `train:` section")
     parser.add_argument("--mosaic-cfg", default="{}",
-                        help="JSON object: the config's augment.mosaic section (used when --train-cfg has mosaic: true)")
+                        help="JSON object: the config's augment.mosaic section (used with mosaic: true in --train-cfg)")
     parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

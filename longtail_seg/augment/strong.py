@@ -39,7 +39,7 @@ class StrongAugmentConfig:
     fill_value: float = DEFAULT_FILL  # grey of the holes
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | None) -> "StrongAugmentConfig":
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> StrongAugmentConfig:
         """Build from a config dict; unknown keys and out-of-range values raise with the key name."""
         cfg = dict(cfg or {})
         known = {f.name for f in fields(cls)}

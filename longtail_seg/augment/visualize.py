@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import matplotlib
 
@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from longtail_seg.io_utils import atomic_path  # noqa: E402
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
-CategoryNames = Union[Mapping[int, str], Sequence[str], None]
+CategoryNames = Mapping[int, str] | Sequence[str] | None
 MASK_ALPHA = 0.45
 
 

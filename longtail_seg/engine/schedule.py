@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ class LRSchedule:
         self.min_lr = float(min_lr)
 
     @classmethod
-    def from_config(cls, lr_schedule: Any, **kwargs: Any) -> "LRSchedule":
+    def from_config(cls, lr_schedule: Any, **kwargs: Any) -> LRSchedule:
         """``lr_schedule`` is "cosine", "constant" or a list of [epoch, lr] pairs (the config's forms)."""
         if isinstance(lr_schedule, str):
             return cls(kind=lr_schedule, **kwargs)

@@ -14,13 +14,12 @@ import io
 import logging
 import math
 import os
-import random
 import time
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from longtail_seg.config_keys import reject_unknown_keys
 from longtail_seg.engine.checkpoint import (
     TrainingProgress,
     apply_training_state,
@@ -37,71 +35,15 @@ from longtail_seg.engine.checkpoint import (
     resume_mismatch,
     save_training_state,
 )
+from longtail_seg.engine.config import TrainConfig
 from longtail_seg.engine.schedule import LRSchedule, build_optimizer
 from longtail_seg.io_utils import atomic_write_text
+from longtail_seg.runtime import distributed_rank_and_size, resolve_device, seed_everything
 
 LOGGER = logging.getLogger(__name__)
 LAST_CHECKPOINT = Path("checkpoints") / "last.pth"
 FINAL_MODEL = "model_final.pth"
 METRICS_CSV = "metrics.csv"
-
-
-@dataclass
-class TrainConfig:
-    """The ``train:`` config section. Defaults = the embedded demo (tiny model, 2 CPU cores)."""
-
-    SECTION: ClassVar[str] = "train"  # the config section, for error messages
-
-    sampler: str = "repeat_factor"  # uniform | repeat_factor (image-level sampler of representation learning)
-    batch_size: int = 8  # images per step per process
-    epochs: int = 12  # passes over the sampler's epoch list
-    max_iterations: int | None = None  # optional hard cap on global iterations (overrides epochs when reached)
-    optimizer: str = "adamw"  # sgd | adamw
-    lr: float = 2e-3  # base learning rate
-    weight_decay: float = 1e-4  # on weights only (no decay on biases / norm parameters)
-    momentum: float = 0.9  # sgd only
-    warmup_iters: int = 100  # linear warmup length in iterations
-    warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warmup
-    lr_schedule: Any = "cosine"  # "cosine" | "constant" | [[epoch, lr], ...] steps (lr used from that 0-based epoch)
-    min_lr: float = 0.0  # cosine floor
-    grad_clip_norm: float | None = None  # clip the global gradient norm (null = off)
-    min_size_range: Any = field(default_factory=lambda: [112, 144])  # training short side, [lo, hi] or int
-    max_size: int = 240  # cap on the long side after resize
-    flip_prob: float = 0.5  # horizontal flip probability
-    mosaic: bool = False  # balanced mosaic (augment/mosaic.py, settings in the config's augment.mosaic) instead of
-    #                       the plain resize + flip pipeline
-    num_workers: int = 1  # DataLoader worker processes
-    checkpoint_period: int = 200  # iterations between checkpoints/last.pth writes
-    log_period: int = 20  # iterations between metrics.csv rows
-    seed: int = 0  # seeds Python, NumPy, torch, the sampler and the loader workers
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    tensorboard: bool = False  # also log to out_dir/tensorboard if the tensorboard package is installed
-    find_unused_parameters: bool = False  # DDP option (true if some heads get no gradient)
-    progress_bar: bool = True  # tqdm bar on rank 0
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any] | "TrainConfig" | None) -> "TrainConfig":
-        """Build from a plain dict; unknown keys raise so typos fail loudly."""
-        if isinstance(cfg, TrainConfig):
-            return cfg
-        cfg = dict(cfg or {})
-        reject_unknown_keys(f"{cls.SECTION} config", cfg, (f.name for f in fields(cls)))
-        config = cls(**cfg)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Reject values that would fail later, with the key name."""
-        positive = {"batch_size": self.batch_size, "checkpoint_period": self.checkpoint_period,
-                    "log_period": self.log_period, "lr": self.lr}
-        for key, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"train.{key} must be > 0, got {value}")
-        if self.epochs < 1 and not self.max_iterations:
-            raise ValueError("train.epochs must be >= 1 (or set train.max_iterations)")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        LRSchedule.from_config(self.lr_schedule, base_lr=self.lr)  # raises on a malformed schedule
 
 
 @dataclass
@@ -113,62 +55,6 @@ class TrainResult:
     resumed_from_iteration: int
     final_model: Path
     metrics_csv: Path
-
-
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-def init_distributed_mode(device: str = "auto") -> tuple[int, int, torch.device]:
-    """Initialise torch.distributed from torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID) env vars.
-
-    Returns (rank, world_size, device). Without those variables it is a no-op (1 process). Like
-    torchvision's references/detection ``utils.init_distributed_mode``; under srun MASTER_ADDR and
-    MASTER_PORT must be exported by the batch script.
-    """
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        rank, world_size = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
-        local_rank = int(os.environ.get("SLURM_LOCALID", 0))
-        os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("WORLD_SIZE", str(world_size))
-        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise RuntimeError("srun launch: export MASTER_ADDR and MASTER_PORT before running the training script")
-    else:
-        return 0, 1, resolve_device(device)
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
-        dist.barrier()
-    return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; otherwise the named device (cuda must exist)."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(device)
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, or (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------------- training

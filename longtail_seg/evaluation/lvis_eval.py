@@ -11,8 +11,9 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any
 
 import hotcoco
 
@@ -22,7 +23,7 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 IOU_TYPES = ("bbox", "segm")
 LVIS_MAX_DETS_PER_IMAGE = 300
 
-Results = Union[str, os.PathLike, list]
+Results = str | os.PathLike | list
 
 
 def load_results(results: Results) -> list[dict]:

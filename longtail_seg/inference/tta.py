@@ -27,13 +27,9 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import batched_nms
 
 from longtail_seg.data.transforms import flip_boxes, resize, resized_size
-from longtail_seg.inference.predict import (
-    TestConfig,
-    _image_id,
-    dataset_category_lookup,
-    detections_to_lvis_results,
-    run_over_dataset,
-)
+from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.dataset_loop import dataset_category_lookup, run_over_dataset
+from longtail_seg.inference.results import detections_to_lvis_results, image_id_of
 from longtail_seg.inference.soft_nms import soft_nms
 
 Detections = dict[str, torch.Tensor]
@@ -73,15 +69,12 @@ def run_view(
         resized, _ = resize(image, {}, size) if size != (height, width) else (image, {})
         inputs.append(resized.flip(-1) if view.flip else resized)
         factors.append((size[1] / width, size[0] / height))
-    image_list, _ = model.transform(inputs)
-    features = model.backbone(image_list.tensors)
-    proposals, _ = model.rpn(image_list, features)
-    detections = model.roi_heads.detect_boxes(features, proposals, image_list.image_sizes)
+    features, image_sizes, detections = model.boxes_and_features(inputs)
     in_original = [
         dict(d, boxes=_to_original(d["boxes"], factor, size[1], view.flip))
-        for d, factor, size in zip(detections, factors, image_list.image_sizes)
+        for d, factor, size in zip(detections, factors, image_sizes)
     ]
-    return _ViewFeatures(view, features, list(image_list.image_sizes), factors), in_original
+    return _ViewFeatures(view, features, image_sizes, factors), in_original
 
 
 def _to_original(boxes: torch.Tensor, factor: tuple[float, float], view_width: int, flip: bool) -> torch.Tensor:
@@ -204,6 +197,6 @@ def _predict_batch(
         if has_masks:
             detections = dict(detections, masks=paste_masks_in_image(probs[index], detections["boxes"],
                                                                       tuple(image.shape[-2:])))
-        results.extend(detections_to_lvis_results(_image_id(target), detections, category_of,
+        results.extend(detections_to_lvis_results(image_id_of(target), detections, category_of,
                                                   cfg.mask_threshold, cfg.max_dets))
     return results

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import misc as misc_nn_ops
+
+from longtail_seg.models.config import BACKBONES, num_feature_levels
 
 # Backbone name -> torchvision weights enum used when ``pretrained_backbone: true``.
 PRETRAINED_WEIGHTS: dict[str, Callable[[], object]] = {
@@ -18,7 +20,6 @@ PRETRAINED_WEIGHTS: dict[str, Callable[[], object]] = {
     "resnet101": lambda: resnet.ResNet101_Weights.IMAGENET1K_V2,
     "resnext101_32x8d": lambda: resnet.ResNeXt101_32X8D_Weights.IMAGENET1K_V2,
 }
-BACKBONES = ("tiny", *PRETRAINED_WEIGHTS)
 
 
 class TinyResNet(nn.Module):
@@ -46,7 +47,7 @@ class TinyResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.stage_channels = tuple(stage_channels)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """Feature maps of every stage, keyed "0", "1", ... (fine to coarse)."""
         x = self.stem(x)
         features: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -77,7 +78,7 @@ class TinyResNetFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(body.stage_channels), fpn_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """FPN maps "0".."k-1" (strides 4, 8, ...) and "pool"."""
         return self.fpn(self.body(x))
 
@@ -126,11 +127,6 @@ def _resnet_fpn_with_channels(backbone: BackboneWithFPN, fpn_channels: int) -> B
     backbone.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
     backbone.out_channels = fpn_channels
     return backbone
-
-
-def num_feature_levels(name: str, tiny_stage_channels: tuple[int, ...] = (48, 96, 192)) -> int:
-    """Number of FPN maps (including "pool") the backbone returns: one anchor size per level."""
-    return (len(tiny_stage_channels) if name == "tiny" else 4) + 1
 
 
 def feature_strides(name: str, tiny_stage_channels: tuple[int, ...] = (48, 96, 192)) -> list[int]:

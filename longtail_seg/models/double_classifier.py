@@ -13,16 +13,15 @@ classifier directly also works but trains both branches with one sampler.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from longtail_seg.config_keys import reject_unknown_keys
-from longtail_seg.models.classifiers import build_classifier, register_classifier
+from longtail_seg.models.classifiers import build_classifier
 
 
-@register_classifier("double")
 class DoubleClassifier(nn.Module):
     """Average of the class probabilities of two (or more) classifiers on shared RoI features."""
 
@@ -34,16 +33,9 @@ class DoubleClassifier(nn.Module):
         self.branches = nn.ModuleList(branches)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> "DoubleClassifier":
+    def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> DoubleClassifier:
         """Build from ``{"type": "double", "branches": [cfg_A, cfg_B]}``; each branch cfg is any classifier cfg."""
-        reject_unknown_keys("double classifier config", cfg, {"type", "branches"})
-        branch_cfgs = cfg.get("branches")
-        if not isinstance(branch_cfgs, (list, tuple)) or len(branch_cfgs) < 2:
-            raise ValueError(
-                "model.classifier of type 'double' needs 'branches': a list of >= 2 classifier configs, "
-                f"e.g. [{{'type': 'softmax'}}, {{'type': 'bgs', ...}}]; got {branch_cfgs!r}"
-            )
-        return cls([build_classifier(branch, in_features, num_classes) for branch in branch_cfgs])
+        return cls([build_classifier(branch, in_features, num_classes) for branch in cfg["branches"]])
 
     def forward(self, features: torch.Tensor) -> tuple[Any, ...]:
         """One logits object per branch (each in its own classifier's format)."""

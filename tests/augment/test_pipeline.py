@@ -14,9 +14,8 @@ from PIL import Image
 from longtail_seg.augment.mosaic import BalancedMosaic
 from longtail_seg.augment.pipeline import build_mosaic, build_training_data
 from longtail_seg.data.dataset import ConcatDetectionDataset, LVISDetectionDataset
-from longtail_seg.data.lvis_io import DatasetError
+from longtail_seg.data.lvis_io import DatasetError, annotation_arrays, load_json
 from longtail_seg.stats import compute_dataset_stats, repeat_factors_of_images
-from longtail_seg.data.lvis_io import annotation_arrays, load_json
 from tests.conftest import box_annotation, write_lvis
 
 

@@ -11,20 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longtail_seg.engine.config import RetrainConfig
 from longtail_seg.engine.retrain import (
-    CLASSIFIER_PREFIX,
-    FrozenStatsBatchNorm2d,
-    RetrainConfig,
     combine_classifiers,
     frozen_state,
     prepare_for_classifier_retraining,
     retrain_classifier,
 )
-from longtail_seg.engine.train import seed_everything, train
-from longtail_seg.models.detector import build_detector, get_classifier, load_detector, save_checkpoint
+from longtail_seg.engine.train import train
+from longtail_seg.models.detector import build_detector, load_detector, save_checkpoint
 from longtail_seg.models.double_classifier import DoubleClassifier
-from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
+from longtail_seg.runtime import seed_everything
 from tests.conftest import load_workflow_script
+from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
 
 STAGE1_CFG = {"batch_size": 4, "epochs": 3, "lr": 3e-3, "warmup_iters": 2, "checkpoint_period": 100,
               "log_period": 2, "num_workers": 0, "progress_bar": False, "seed": 0, "lr_schedule": "constant"}
@@ -52,22 +51,28 @@ def _retrain(checkpoint: Path, out: Path, classifier_cfg=None, **cfg):
                               _retrain_cfg(**cfg), out, "cpu", collate_fn=collate)
 
 
+def _classifier(model) -> torch.nn.Module:
+    """The (single-stage) box classifier of a detector."""
+    return model.roi_heads.classifiers()[0]
+
+
 def _classifier_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in get_classifier(model).state_dict().items()}
+    return {k: v.clone() for k, v in _classifier(model).state_dict().items()}
 
 
 def test_prepare_freezes_all_but_a_fresh_classifier(representation: Path) -> None:
     model, _ = load_detector(representation)
-    old_classifier = get_classifier(model)
+    old_classifier = _classifier(model)
     double_cfg = {"type": "double", "branches": [{"type": "softmax"}, {"type": "softmax"}]}
     prepare_for_classifier_retraining(model, double_cfg)
-    assert isinstance(get_classifier(model), DoubleClassifier) and get_classifier(model) is not old_classifier
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {CLASSIFIER_PREFIX + name for name, _ in get_classifier(model).named_parameters()}
+    assert isinstance(_classifier(model), DoubleClassifier) and _classifier(model) is not old_classifier
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in _classifier(model).parameters()} and trainable
     assert model.model_cfg["classifier"] == double_cfg
     model.train()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert norms and all(isinstance(m, FrozenStatsBatchNorm2d) and not m.training for m in norms)
+    assert norms and all(type(m) is torch.nn.BatchNorm2d and not m.training for m in norms)
+    assert _classifier(model).training  # the classifier itself trains (dropout active)
     images, targets = collate([FakeDetectionDataset(num_images=2, size=64)[i] for i in range(2)])
     for target in targets:
         del target["masks"]  # retraining needs no masks
@@ -112,7 +117,7 @@ def test_resume_continues_to_the_same_weights(representation: Path, tmp_path: Pa
 
 
 def test_retrain_config_checks_its_keys() -> None:
-    assert RetrainConfig.from_dict({}).sampler == "class_aware"
+    assert RetrainConfig.from_dict({}).sampler == "repeat_factor"
     with pytest.raises(ValueError, match="retrain.sampler"):
         RetrainConfig.from_dict({"sampler": "balanced"})
     with pytest.raises(ValueError, match="images_per_category"):
@@ -130,8 +135,8 @@ def test_combined_model_averages_the_two_retrained_classifiers(representation: P
     model_a, model_b = load_detector(first)[0], load_detector(second)[0]
     assert meta["model_cfg"]["classifier"] == {"type": "double", "branches": [{"type": "softmax"}] * 2}
     features = torch.randn(30, TEST_MODEL_CFG["box_head_dim"])
-    classifier = get_classifier(double)
-    expected = (F.softmax(get_classifier(model_a)(features), -1) + F.softmax(get_classifier(model_b)(features), -1)) / 2
+    classifier = _classifier(double)
+    expected = (F.softmax(_classifier(model_a)(features), -1) + F.softmax(_classifier(model_b)(features), -1)) / 2
     assert torch.equal(classifier.scores(classifier(features)), expected)
     for name, value in frozen_state(model_a).items():
         assert torch.equal(value, double.state_dict()[name]), name
@@ -203,15 +208,33 @@ def test_script_retrains_with_repeat_factors(small_lvis, tmp_path: Path) -> None
     assert list(pd.read_csv(out / "metrics.csv")["iteration"]) == [1, 2, 3, 4]
 
 
-def test_script_retrains_with_class_aware_sampling(small_lvis, tmp_path: Path) -> None:
-    pytest.importorskip("longtail_seg.sampling.class_aware")
+def test_script_retrains_with_class_aware_sampling(small_lvis, tmp_path: Path, monkeypatch) -> None:
+    """sampler: class_aware reaches the loop as k images per category per epoch: category 2 (one image, index 1) is
+    drawn twice and category 1 (images 0 and 2) twice, where repeat factors or uniform sampling would differ."""
+    from longtail_seg.sampling import ClassAwareSampler
+
+    script = _retrain_script()
+    seen = {}
+    real = script.retrain_classifier
+
+    def spy(checkpoint, dataset, sampler, *args, **kwargs):
+        seen["sampler"] = sampler
+        return real(checkpoint, dataset, sampler, *args, **kwargs)
+
+    monkeypatch.setattr(script, "retrain_classifier", spy)
+    monkeypatch.setattr("tests.engine.test_retrain._retrain_script", lambda: script)
     out = _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, sampler="class_aware",
                               images_per_category=2, epochs=1)
-    assert load_detector(out / "model_final.pth")[1]["iteration"] >= 1
+    sampler = seen["sampler"]
+    assert isinstance(sampler, ClassAwareSampler) and sampler.images_per_category == 2
+    sampler.set_epoch(0)
+    drawn = list(sampler)
+    assert sorted(drawn).count(1) == 2 and sum(index in (0, 2) for index in drawn) == 2 and len(drawn) == 4
+    # 4 images per epoch in batches of 2: two iterations
+    assert list(pd.read_csv(out / "metrics.csv")["iteration"]) == [1, 2]
 
 
 def test_script_fills_bgs_groups_from_the_stats(small_lvis, tmp_path: Path) -> None:
-    pytest.importorskip("longtail_seg.models.balanced_group_softmax")
     out = _run_retrain_script(small_lvis, tmp_path, {"type": "bgs"}, sampler="uniform", epochs=1)
     _, meta = load_detector(out / "model_final.pth")
     assert meta["model_cfg"]["classifier"]["type"] == "bgs"
@@ -272,7 +295,7 @@ def test_script_retrains_on_mosaics_of_train_and_pseudo_images(small_lvis, tmp_p
     assert mosaic.dataset.image_category_ids(3) == {3}
     model, meta = load_detector(out / "model_final.pth")
     assert meta["model_cfg"]["classifier"] == {"type": "softmax", "dropout": 0.3}
-    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == TEST_MODEL_CFG.get("box_batch_size_per_image", 32)
+    assert model.roi_heads.sampler.batch_size_per_image == TEST_MODEL_CFG.get("box_batch_size_per_image", 32)
 
 
 def test_script_resumes_only_with_the_same_inputs(small_lvis, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from longtail_seg.engine.checkpoint import input_fingerprint, load_training_state, resume_mismatch
-from longtail_seg.engine.train import TrainConfig, train
+from longtail_seg.engine.config import TrainConfig
+from longtail_seg.engine.train import train
 from longtail_seg.models.detector import build_detector, load_detector
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from longtail_seg.models.detector import load_detector
-from tests.engine.fake_data import TEST_MODEL_CFG
 from tests.conftest import load_workflow_script
-
+from tests.engine.fake_data import TEST_MODEL_CFG
 
 
 def _script():

@@ -1,122 +1,16 @@
-"""Single-scale inference to LVIS results: result format, top-300 cap, category mapping, rescaling, the fast
-box-region RLE path against whole-mask encoding, and predict_dataset with stand-in model and dataset."""
+"""Single-scale inference: predict_dataset with a stand-in model and dataset, detections mapped back to the original
+image size."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
-from pycocotools import mask as mask_utils
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from longtail_seg.inference.predict import (
-    detections_to_lvis_results,
-    encode_masks,
-    predict_dataset,
-    write_results,
-)
-
-
-def decode(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
-
-
-def pasted_output(num: int, height: int, width: int, seed: int = 0, num_classes: int = 5) -> dict:
-    """A Mask R-CNN-like output: random boxes and 28x28 mask logits pasted with torchvision's own paste."""
-    gen = torch.Generator().manual_seed(seed)
-    xy = torch.rand(num, 2, generator=gen) * torch.tensor([width, height])
-    wh = 2 + torch.rand(num, 2, generator=gen) * torch.tensor([width, height]) / 2
-    boxes = torch.cat([xy - wh / 2, xy + wh / 2], dim=1)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    probabilities = torch.rand(num, 1, 28, 28, generator=gen)
-    return {
-        "boxes": boxes,
-        "labels": torch.randint(1, num_classes + 1, (num,), generator=gen),
-        "scores": torch.rand(num, generator=gen),
-        "masks": paste_masks_in_image(probabilities, boxes, (height, width), padding=1),
-    }
-
-
-def test_result_format_and_mask_round_trip() -> None:
-    output = {
-        "boxes": torch.tensor([[1.0, 2.0, 11.5, 8.25], [0.0, 0.0, 4.0, 4.0]]),
-        "labels": torch.tensor([2, 1]),
-        "scores": torch.tensor([0.3, 0.9]),
-        "masks": torch.zeros(2, 1, 16, 20),
-    }
-    output["masks"][0, 0, 2:8, 1:11] = 0.7
-    output["masks"][0, 0, 3, 3] = 0.49  # below threshold: a hole
-    output["masks"][1, 0, 0:4, 0:4] = 0.5  # exactly the threshold counts as foreground
-    results = detections_to_lvis_results(7, output, [101, 205])
-    assert [r["score"] for r in results] == pytest.approx([0.9, 0.3])  # sorted by score
-    first, second = results[1], results[0]
-    assert set(first) == {"image_id", "category_id", "bbox", "score", "segmentation"}
-    assert first["image_id"] == 7 and first["category_id"] == 205 and second["category_id"] == 101
-    assert first["bbox"] == [1.0, 2.0, 10.5, 6.25] and all(isinstance(v, float) for v in first["bbox"])
-    assert isinstance(first["segmentation"]["counts"], str) and first["segmentation"]["size"] == [16, 20]
-    expected = np.zeros((16, 20), np.uint8)
-    expected[2:8, 1:11] = 1
-    expected[3, 3] = 0
-    np.testing.assert_array_equal(decode(first["segmentation"]), expected)
-    assert decode(second["segmentation"]).sum() == 16
-    json.dumps(results)  # JSON-ready
-
-
-def test_bbox_is_rounded_to_two_decimals() -> None:
-    output = {"boxes": torch.tensor([[1.23456, 2.0, 3.98765, 5.5]]), "labels": torch.tensor([1]),
-              "scores": torch.tensor([0.5])}
-    (result,) = detections_to_lvis_results(1, output, lambda label: 9)
-    assert result["bbox"] == [1.23, 2.0, 2.75, 3.5]
-    assert "segmentation" not in result and result["category_id"] == 9
-
-
-def test_keeps_the_300_highest_scores() -> None:
-    output = pasted_output(350, 32, 32, seed=1)
-    results = detections_to_lvis_results(1, output, {label: 10 * label for label in range(1, 6)})
-    assert len(results) == 300
-    kept = sorted(r["score"] for r in results)
-    assert kept == pytest.approx(sorted(output["scores"].tolist())[-300:])
-    order = torch.argsort(output["scores"], descending=True)[:300]
-    assert [r["category_id"] for r in results] == (10 * output["labels"][order]).tolist()
-    assert len(detections_to_lvis_results(1, output, range(100, 105), max_dets=7)) == 7
-
-
-def test_box_region_encoding_equals_whole_mask_encoding() -> None:
-    # Mask R-CNN pastes masks inside slightly enlarged boxes; the fast path must not lose any pixel,
-    # also for boxes at the image border and tiny ones.
-    for height, width, seed in ((37, 53, 0), (128, 128, 1), (64, 200, 2)):
-        output = pasted_output(120, height, width, seed=seed)
-        fast = encode_masks(output["masks"], 0.5, output["boxes"])
-        whole = encode_masks(output["masks"], 0.5)
-        assert [r["counts"] for r in fast] == [r["counts"] for r in whole]
-        reference = (output["masks"][:, 0] >= 0.5).numpy()
-        assert all(np.array_equal(decode(r), m) for r, m in zip(fast, reference))
-        assert reference.sum() > 0
-
-
-def test_rescaled_boxes_and_masks_return_to_original_size() -> None:
-    original = np.zeros((10, 12), np.uint8)
-    original[2:7, 3:9] = 1
-    upsampled = torch.from_numpy(original).repeat_interleave(2, 0).repeat_interleave(2, 1).float()  # 20x24
-    output = {"boxes": torch.tensor([[6.0, 4.0, 18.0, 14.0]]), "labels": torch.tensor([1]),
-              "scores": torch.tensor([0.8]), "masks": upsampled[None, None]}
-    (result,) = detections_to_lvis_results(3, output, [5], scale=(0.5, 0.5))
-    assert result["bbox"] == [3.0, 2.0, 6.0, 5.0]
-    assert result["segmentation"]["size"] == [10, 12]
-    np.testing.assert_array_equal(decode(result["segmentation"]), original)
-    (explicit,) = detections_to_lvis_results(3, output, [5], scale=(0.5, 0.5), image_size=(10, 12))
-    assert explicit["segmentation"] == result["segmentation"]
-
-
-def test_no_detections_give_no_results() -> None:
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
-             "masks": torch.zeros(0, 1, 8, 8)}
-    assert detections_to_lvis_results(1, empty, [1]) == []
-    assert detections_to_lvis_results(1, empty, [1], scale=(2.0, 2.0)) == []
+from longtail_seg.inference.predict import predict_dataset
+from longtail_seg.inference.results import write_results
+from tests.inference.test_results import decode
 
 
 class StandInDetector(torch.nn.Module):

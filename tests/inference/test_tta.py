@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-from longtail_seg.inference import predict
-from longtail_seg.inference.predict import predict_annotation_file, predict_dataset
+from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.predict import predict_dataset
+from longtail_seg.inference.run import predict_annotation_file
 from longtail_seg.inference.tta import (
     View,
     _to_original,
-    augmented_views,
     _to_view,
+    augmented_views,
     in_size_range,
     merge_detections,
     predict_dataset_multiscale,
@@ -41,7 +42,7 @@ def test_one_unflipped_view_at_the_image_size_equals_single_scale_inference():
     model, dataset = _model(), FakeDetectionDataset(num_images=3, size=64)
     category_of = lambda label: 100 + label  # noqa: E731
     single = predict_dataset(model, dataset, "cpu", batch_size=2, max_dets=40, category_of=category_of)
-    cfg = predict.TestConfig(min_size=64, max_size=200, batch_size=2, max_dets=40, scales=(64,))
+    cfg = TestConfig(min_size=64, max_size=200, batch_size=2, max_dets=40, scales=(64,))
     multi = predict_dataset_multiscale(model, dataset, cfg, "cpu", category_of=category_of)
     assert len(single) > 10 and _sorted(multi) == _sorted(single)
 
@@ -75,21 +76,8 @@ def test_box_mapping_round_trips():
 
 def test_views_and_their_size_ranges():
     assert augmented_views([64, 96], flip=True) == [View(64, False), View(64, True), View(96, False), View(96, True)]
-    cfg = predict.TestConfig(scales=(64, 96), flip=True, scale_ranges=((0, 32), (16, 1e9)))
+    cfg = TestConfig(scales=(64, 96), flip=True, scale_ranges=((0, 32), (16, 1e9)))
     assert cfg.view_size_ranges() == [(0, 32), (0, 32), (16, 1e9), (16, 1e9)]
-    assert predict.TestConfig(min_size=100).test_scales == (100,) and not predict.TestConfig().multi_scale
-    assert predict.TestConfig(merge="soft_nms").multi_scale and predict.TestConfig(flip=True).multi_scale
-
-
-def test_test_config_rejects_inconsistent_multiscale_settings():
-    with pytest.raises(ValueError, match="merge"):
-        predict.TestConfig.from_dict({"merge": "wbf"})
-    with pytest.raises(ValueError, match="scale_ranges"):
-        predict.TestConfig.from_dict({"scales": [64, 96], "scale_ranges": [[0, 10]]})
-    with pytest.raises(ValueError, match="scales"):
-        predict.TestConfig.from_dict({"scales": []})
-    cfg = predict.TestConfig.from_dict({"scales": [64, 96], "flip": True, "scale_ranges": [[0, 32], [16, 1000]]})
-    assert cfg.scales == (64, 96) and cfg.scale_ranges == ((0.0, 32.0), (16.0, 1000.0))
 
 
 def _dets(boxes, scores, labels) -> dict:
@@ -147,7 +135,7 @@ def test_annotation_file_entry_runs_the_multiscale_path(small_lvis, tmp_path):
     model = _model()
     checkpoint = tmp_path / "model.pth"
     save_checkpoint(checkpoint, model, model.model_cfg, [1, 2, 3])
-    cfg = predict.TestConfig.from_dict({"min_size": 32, "max_size": 200, "batch_size": 2, "max_dets": 20,
+    cfg = TestConfig.from_dict({"min_size": 32, "max_size": 200, "batch_size": 2, "max_dets": 20,
                                 "scales": [32, 48], "flip": True, "merge": "soft_nms", "mask_voting": True})
     results, num_images, _ = predict_annotation_file(checkpoint, annotations, image_root, cfg)
     images = {im["id"]: im for im in json.loads(annotations.read_text())["images"]}
@@ -167,7 +155,7 @@ def test_views_without_detections_merge_to_nothing_and_give_no_results():
         assert merged["boxes"].shape == (0, 4) and merged["scores"].shape == (0,)
     model = _model()
     model.roi_heads.score_thresh = 1.1  # nothing passes
-    cfg = predict.TestConfig(min_size=64, max_size=200, scales=(64, 80), flip=True, mask_voting=True)
+    cfg = TestConfig(min_size=64, max_size=200, scales=(64, 80), flip=True, mask_voting=True)
     results = predict_dataset_multiscale(model, FakeDetectionDataset(num_images=2, size=64), cfg,
                                          category_of=lambda label: label)
     assert results == []

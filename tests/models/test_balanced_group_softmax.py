@@ -12,7 +12,7 @@ import torch
 from longtail_seg.data.lvis_io import DatasetError
 from longtail_seg.models.balanced_group_softmax import BalancedGroupSoftmaxClassifier, class_groups_from_stats
 from longtail_seg.models.classifiers import build_classifier
-from longtail_seg.models.detector import build_detector, get_classifier, load_detector, save_checkpoint
+from longtail_seg.models.detector import build_detector, load_detector, save_checkpoint
 from longtail_seg.stats import bgs_groups
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, collate
 
@@ -185,7 +185,7 @@ def test_detector_with_bgs_trains_evaluates_and_reloads(tmp_path):
     torch.manual_seed(0)
     model_cfg = dict(TEST_MODEL_CFG, classifier={"type": "bgs", "class_groups": [1, 2, 2], "others_sample_ratio": 8})
     model = build_detector(model_cfg, num_classes=3)
-    classifier = get_classifier(model)
+    classifier = model.roi_heads.classifiers()[0]
     assert isinstance(classifier, BalancedGroupSoftmaxClassifier)
     dataset = FakeDetectionDataset(num_images=2, size=64)
     images, targets = collate([dataset[i] for i in range(2)])
@@ -206,7 +206,7 @@ def test_detector_with_bgs_trains_evaluates_and_reloads(tmp_path):
     path = tmp_path / "model_final.pth"
     save_checkpoint(path, model, model_cfg, [101, 102, 103])
     loaded, _ = load_detector(path)
-    assert isinstance(get_classifier(loaded), BalancedGroupSoftmaxClassifier)
+    assert isinstance(loaded.roi_heads.classifiers()[0], BalancedGroupSoftmaxClassifier)
     with torch.no_grad():
         again = loaded(images)
     assert torch.equal(again[0]["scores"], outputs[0]["scores"])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail_seg.models.classifiers import SoftmaxClassifier, build_classifier
-from longtail_seg.models.detector import build_detector, get_classifier, load_detector, save_checkpoint
+from longtail_seg.models.detector import build_detector, load_detector, save_checkpoint
 from longtail_seg.models.double_classifier import DoubleClassifier
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, collate
 
@@ -72,11 +72,9 @@ def test_detector_with_double_classifier_predicts_and_round_trips(tmp_path: Path
     torch.manual_seed(0)
     single = build_detector(TEST_MODEL_CFG, 3).eval()
     double = build_detector(dict(TEST_MODEL_CFG, classifier=DOUBLE_CFG), 3).eval()
-    state = {k: v for k, v in single.state_dict().items() if ".classifier." not in k}
-    for index in range(2):
-        for name, value in get_classifier(single).state_dict().items():
-            state[f"roi_heads.box_predictor.classifier.branches.{index}.{name}"] = value
-    double.load_state_dict(state)
+    double.load_state_dict(single.representation_state_dict(), strict=False)
+    for branch in double.roi_heads.classifiers()[0].branches:
+        branch.load_state_dict(single.roi_heads.classifiers()[0].state_dict())
     with torch.no_grad():
         expected, outputs = single(images), double(images)
     for want, got in zip(expected, outputs):
@@ -86,7 +84,8 @@ def test_detector_with_double_classifier_predicts_and_round_trips(tmp_path: Path
 
     save_checkpoint(tmp_path / "double.pth", double, double.model_cfg, [11, 12, 13])
     loaded, meta = load_detector(tmp_path / "double.pth")
-    assert meta["model_cfg"]["classifier"] == DOUBLE_CFG and isinstance(get_classifier(loaded), DoubleClassifier)
+    assert meta["model_cfg"]["classifier"] == DOUBLE_CFG
+    assert isinstance(loaded.roi_heads.classifiers()[0], DoubleClassifier)
     with torch.no_grad():
         reloaded = loaded(images)
     assert torch.equal(reloaded[0]["scores"], outputs[0]["scores"])

@@ -1,0 +1,47 @@
+"""The inference entry point of the workflow scripts: a checkpoint over an LVIS-format split, single-scale
+(``inference/predict.py``) or multi-scale (``inference/tta.py``) as the test settings say."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from longtail_seg.data.dataset import LVISDetectionDataset
+from longtail_seg.data.transforms import build_test_transforms
+from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.predict import predict_dataset
+from longtail_seg.inference.tta import predict_dataset_multiscale
+from longtail_seg.models.detector import load_detector
+
+
+def predict_annotation_file(
+    checkpoint: str | os.PathLike,
+    annotation_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    cfg: TestConfig,
+    device: str | torch.device = "cpu",
+    score_threshold: float | None = None,
+) -> tuple[list[dict], int, float]:
+    """Run a model_final.pth over the images of an LVIS-format file (annotations optional).
+
+    Returns (LVIS results, number of images, seconds). ``score_threshold`` raises the model's own detection score
+    threshold (e.g. a pseudo-label teacher keeps only confident detections, which skips most mask work).
+    """
+    device = torch.device(device)
+    model, meta = load_detector(checkpoint, map_location=device)
+    model.to(device)
+    model.roi_heads.detections_per_img = cfg.max_dets  # a test-time choice: no retraining to change it
+    if score_threshold is not None:
+        model.roi_heads.score_thresh = max(float(score_threshold), model.roi_heads.score_thresh)
+    transforms = None if cfg.multi_scale else build_test_transforms(cfg.min_size, cfg.max_size)
+    dataset = LVISDetectionDataset(annotation_file, image_root, transforms=transforms,
+                                   category_ids=meta["category_ids"], with_masks=False)
+    start = time.perf_counter()
+    if cfg.multi_scale:
+        results = predict_dataset_multiscale(model, dataset, cfg, device)
+    else:
+        results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                  max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
+    return results, len(dataset), time.perf_counter() - start

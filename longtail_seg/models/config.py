@@ -1,0 +1,89 @@
+"""The ``model:`` config section: every key with its default (the one home of the defaults; config.yaml states the
+same values) and the checks that run before a detector is built, torch-free so the workflow checks them too."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.models.registry import ROI_HEADS, check_classifier_config
+
+BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "resnext101_32x8d")
+NORMS = ("bn", "frozen_bn", None)
+
+# Defaults = the embedded demo model (see shared/demo_targets.md). A real-LVIS config overrides backbone,
+# fpn_channels, RPN/RoI sizes and the internal resize.
+DEFAULT_MODEL_CFG: dict[str, Any] = {
+    "backbone": "tiny",  # tiny | resnet18 | resnet50 | resnet101 | resnext101_32x8d
+    "pretrained_backbone": False,  # true: ImageNet weights via torchvision's weights API (downloads once)
+    "trainable_backbone_layers": None,  # ResNets: 0-5; null = 3 if pretrained else 5
+    "norm": None,  # bn | frozen_bn; null = frozen_bn if pretrained else bn (trainable)
+    "tiny_stem_channels": 24,
+    "tiny_stage_channels": [48, 96, 192],
+    "fpn_channels": 64,
+    "anchor_sizes": None,  # one per FPN level; null = [16,32,64,128] (tiny) / [32,...,512] (ResNets)
+    "anchor_aspect_ratios": [0.5, 1.0, 2.0],
+    "rpn_pre_nms_top_n_train": 600,  # per FPN level, as in torchvision
+    "rpn_post_nms_top_n_train": 300,  # per image
+    "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_test": 150,
+    "rpn_nms_thresh": 0.7,
+    "rpn_batch_size_per_image": 256,
+    "roi_heads": "standard",  # RoI heads by name (models/registry.py ROI_HEADS)
+    "box_batch_size_per_image": 32,  # sampled RoIs per image for the box/mask losses
+    "box_positive_fraction": 0.25,
+    "box_head_dim": 256,  # TwoMLPHead representation size
+    "roi_feature_levels": ["0"],  # FPN maps RoIAlign pools from; ["0","1","2","3"] = torchvision default
+    "roi_sampling_ratio": 1,  # RoIAlign samples per bin (torchvision default 2)
+    "mask_head_channels": 64,
+    "mask_head_layers": 2,  # torchvision default: 4 x 256
+    "classifier": {"type": "softmax"},  # the box classifier by name (models/registry.py CLASSIFIERS)
+    "internal_resize": False,  # false: the model never resizes (our data transforms do)
+    "min_size": 800,  # used only with internal_resize: true
+    "max_size": 1333,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "box_detections_per_img": 300,  # LVIS evaluates up to 300 detections per image
+    "box_score_thresh": 0.0001,  # LVIS-style eval keeps low-score detections
+    "box_nms_thresh": 0.5,
+}
+
+
+def num_feature_levels(backbone: str, tiny_stage_channels: tuple[int, ...] = (48, 96, 192)) -> int:
+    """Number of FPN maps (including "pool") the backbone returns: one anchor size per level."""
+    return (len(tiny_stage_channels) if backbone == "tiny" else 4) + 1
+
+
+def resolve_model_cfg(model_cfg: Mapping[str, Any] | None, section: str = "model") -> dict[str, Any]:
+    """Defaults merged with ``model_cfg``, checked; unknown keys and impossible values raise naming ``section``."""
+    model_cfg = dict(model_cfg or {})
+    reject_unknown_keys(section, model_cfg, DEFAULT_MODEL_CFG)
+    cfg = copy.deepcopy(DEFAULT_MODEL_CFG)
+    cfg.update(copy.deepcopy(model_cfg))
+    check_model_cfg(cfg, section)
+    if cfg["anchor_sizes"] is None:
+        levels = num_feature_levels(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
+        base = 16 if cfg["backbone"] == "tiny" else 32
+        cfg["anchor_sizes"] = [base * 2**level for level in range(levels)]
+    return cfg
+
+
+def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
+    """Cross-key checks of a complete model config: known backbone, norm and RoI heads, a valid classifier, and one
+    anchor size per FPN level."""
+    if cfg["backbone"] not in BACKBONES:
+        raise ValueError(f"{section}.backbone: unknown backbone {cfg['backbone']!r}; choose one of {list(BACKBONES)}")
+    if cfg["norm"] not in NORMS:
+        raise ValueError(f"{section}.norm must be one of {list(NORMS)}, got {cfg['norm']!r}")
+    if cfg["roi_heads"] not in ROI_HEADS:
+        raise ValueError(f"{section}.roi_heads: unknown RoI heads {cfg['roi_heads']!r}; registered: "
+                         f"{sorted(ROI_HEADS)} (longtail_seg/models/registry.py)")
+    check_classifier_config(cfg["classifier"], f"{section}.classifier")
+    levels = num_feature_levels(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
+    if cfg["anchor_sizes"] is not None and len(cfg["anchor_sizes"]) != levels:
+        raise ValueError(
+            f"{section}.anchor_sizes has {len(cfg['anchor_sizes'])} entries but backbone {cfg['backbone']!r} "
+            f"has {levels} FPN levels; give one size per level (fine to coarse) or null"
+        )

@@ -1,0 +1,59 @@
+"""The torch-free test settings: validation with the key's path, the multi-scale switch, and the settings a job
+uses (what its Snakemake params hold)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from longtail_seg.inference.config import MULTI_SCALE_KEYS, TestConfig
+from tests.conftest import REPO_ROOT
+
+
+def test_scales_and_the_multi_scale_switch():
+    assert TestConfig(min_size=100).test_scales == (100,) and not TestConfig().multi_scale
+    assert TestConfig(merge="soft_nms").multi_scale and TestConfig(flip=True).multi_scale
+    assert TestConfig(scales=(64,)).multi_scale and TestConfig(mask_voting=True).multi_scale
+    assert not TestConfig(merge_iou=0.6).multi_scale  # a merge setting alone does not select the path
+
+
+def test_test_config_rejects_inconsistent_multiscale_settings():
+    with pytest.raises(ValueError, match="merge"):
+        TestConfig.from_dict({"merge": "wbf"})
+    with pytest.raises(ValueError, match=r"tests\.box: scale_ranges needs one \[min, max\] per scale \(2 scales"):
+        TestConfig.from_dict({"scales": [64, 96], "scale_ranges": [[0, 10]]}, section="tests.box")
+    with pytest.raises(ValueError, match="scales"):
+        TestConfig.from_dict({"scales": []})
+    with pytest.raises(ValueError, match="soft_nms_method"):
+        TestConfig.from_dict({"soft_nms_method": "cubic"})
+    with pytest.raises(ValueError, match=r"scale_ranges\[1\]"):
+        TestConfig.from_dict({"scales": [64, 96], "scale_ranges": [[0, 10], [20, 5]]})
+    with pytest.raises(ValueError, match=r"tests\.x: unknown key\(s\) \['flipp'\]; allowed: .*'flip'"):
+        TestConfig.from_dict({"flipp": True}, section="tests.x")
+    cfg = TestConfig.from_dict({"scales": [64, 96], "flip": True, "scale_ranges": [[0, 32], [16, 1000]]})
+    assert cfg.scales == (64, 96) and cfg.scale_ranges == ((0.0, 32.0), (16.0, 1000.0))
+
+
+def test_used_settings_hold_only_what_the_path_reads():
+    single = TestConfig.from_dict({"min_size": 128, "merge_iou": 0.7}).used_settings()
+    assert single["min_size"] == 128 and not set(MULTI_SCALE_KEYS) & set(single)
+    multi = TestConfig.from_dict({"scales": [64, 96], "flip": True}).used_settings()
+    assert multi["scales"] == [64, 96] and "min_size" not in multi and "soft_nms_method" not in multi
+    soft = TestConfig.from_dict({"scales": [64], "merge": "soft_nms"}).used_settings()
+    assert soft["soft_nms_method"] == "linear"
+    # the used settings build the same config again: nothing the job needs is lost
+    for cfg in (TestConfig(min_size=128), TestConfig(scales=(64, 96), flip=True, merge="soft_nms")):
+        rebuilt = TestConfig.from_dict(cfg.used_settings())
+        assert rebuilt.multi_scale == cfg.multi_scale and rebuilt.test_scales == cfg.test_scales
+        assert rebuilt.view_size_ranges() == cfg.view_size_ranges() and rebuilt.merge == cfg.merge
+
+
+def test_the_config_modules_do_not_import_torch():
+    """The DAG imports them to check the config: no torch in the Snakemake process."""
+    code = ("import sys, longtail_seg.inference.config, longtail_seg.engine.config, longtail_seg.models.config, "
+            "longtail_seg.models.registry; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,348 @@
+"""longtail_seg/workflow_config.py: every typo and every inconsistent config fails before any job runs, naming the key's
+full path and the fix; config.yaml, the schema and the code's config classes agree; each job's settings hold only
+the keys it reads."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from dataclasses import asdict, fields
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from longtail_seg import workflow_config
+from longtail_seg.engine.config import (
+    NAMED_LR_SCHEDULES,
+    OPTIMIZERS,
+    RETRAIN_SAMPLERS,
+    TRAIN_SAMPLERS,
+    RetrainConfig,
+    TrainConfig,
+)
+from longtail_seg.inference.config import MERGE_METHODS, SOFT_NMS_METHODS, TestConfig
+from longtail_seg.models.config import BACKBONES, DEFAULT_MODEL_CFG, NORMS
+from longtail_seg.models.registry import ROI_HEADS
+from longtail_seg.workflow_config import (
+    check_unknown_keys,
+    check_workflow_config,
+    config_error_message,
+    is_multi_scale_test,
+    key_path,
+    load_schema,
+    model_job_settings,
+    retrain_job_settings,
+    train_job_settings,
+)
+from tests.conftest import REPO_ROOT
+
+SCHEMA = load_schema(REPO_ROOT / "schemas" / "config.schema.yaml")
+BASE = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+DEFS = SCHEMA["$defs"]
+
+
+def merged(*overrides: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml with ``overrides`` merged in as Snakemake merges --configfile (nested mappings key by key)."""
+    config = copy.deepcopy(BASE)
+    for override in overrides:
+        _merge_into(config, copy.deepcopy(override))
+    return config
+
+
+def _merge_into(target: dict[str, Any], override: dict[str, Any]) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """What rules/common.smk runs while building the DAG: unknown keys, the schema, the cross-field checks."""
+    check_unknown_keys(config, SCHEMA)
+    jsonschema.Draft202012Validator(SCHEMA).validate(config)
+    check_workflow_config(config)
+
+
+def _error(config: dict[str, Any]) -> str:
+    with pytest.raises(ValueError) as error:
+        check_config(config)
+    return str(error.value)
+
+
+def _resolved(schema: dict[str, Any]) -> dict[str, Any]:
+    """A sub-schema with its local $ref followed."""
+    while "$ref" in schema:
+        target: Any = SCHEMA
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+@pytest.mark.parametrize("configfile", [None, "configs/tiny.yaml", "configs/lvis_v1.yaml"])
+def test_shipped_configs_pass_every_check(configfile):
+    override = yaml.safe_load((REPO_ROOT / configfile).read_text()) if configfile else {}
+    check_config(merged(override))
+
+
+def test_importing_the_checks_does_not_import_torch():
+    code = "import sys, longtail_seg.workflow_config; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- a typo anywhere: its full path and the keys allowed there ------------------------------------------------------
+
+TYPOS = [
+    ({"datset": "demo"}, "datset", "dataset"),
+    ({"datasets": {"demo": {"sorce": "synthetic"}}}, "datasets.demo.sorce", "source"),
+    ({"datasets": {"demo": {"synthetic": {"num_trian": 5}}}}, "datasets.demo.synthetic.num_trian", "num_train"),
+    ({"datasets": {"lvis_v1": {"image_rot": "coco"}}}, "datasets.lvis_v1.image_rot", "image_root"),
+    ({"stats": {"rfs_treshold": 0.1}}, "stats.rfs_treshold", "rfs_threshold"),
+    ({"model": {"backbon": "tiny"}}, "model.backbon", "backbone"),
+    ({"model": {"classifier": {"type": "softmax", "dropuot": 0.1}}}, "model.classifier.dropuot", "dropout"),
+    ({"train": {"smapler": "uniform"}}, "train.smapler", "sampler"),
+    ({"train": {"images_per_category": 3}}, "train.images_per_category", "sampler"),  # a retrain-only key
+    ({"retrain": {"images_per_categroy": 3}}, "retrain.images_per_categroy", "images_per_category"),
+    ({"augment": {"mosaic": {"porb": 0.5}}}, "augment.mosaic.porb", "prob"),
+    ({"augment": {"mosaic": {"color_jitter": {"hue_": 0.1}}}}, "augment.mosaic.color_jitter.hue_", "hue"),
+    ({"augment": {"strong": {"blur_prb": 0.5}}}, "augment.strong.blur_prb", "blur_prob"),
+    ({"augment": {"strong": {"color_jitter": {"bright": 0.1}}}}, "augment.strong.color_jitter.bright", "brightness"),
+    ({"pseudo_labels": {"score_treshold": 0.5}}, "pseudo_labels.score_treshold", "score_threshold"),
+    ({"models": {"bgs": {"pseudo_label": True}}}, "models.bgs.pseudo_label", "pseudo_labels"),
+    ({"models": {"double": {"branch": ["bgs", "bgs_class_aware"]}}}, "models.double.branch", "branches"),
+    ({"models": {"representation": {"train": {"lr_shedule": "constant"}}}},
+     "models.representation.train.lr_shedule", "lr_schedule"),
+    ({"models": {"representation": {"train": {"images_per_category": 3}}}},
+     "models.representation.train.images_per_category", "sampler"),
+    ({"models": {"bgs": {"retrain": {"smapler": "uniform"}}}}, "models.bgs.retrain.smapler", "sampler"),
+    ({"models": {"bgs_class_aware": {"retrain": {"images_per_categroy": 3}}}},
+     "models.bgs_class_aware.retrain.images_per_categroy", "images_per_category"),
+    ({"models": {"bgs": {"classifier": {"type": "bgs", "others_ratio": 4}}}},
+     "models.bgs.classifier.others_ratio", "others_sample_ratio"),
+    ({"tests": {"single_scale": {"min_sise": 64}}}, "tests.single_scale.min_sise", "min_size"),
+    ({"tests": {"multi_scale_box": {"flipp": True}}}, "tests.multi_scale_box.flipp", "flip"),
+    ({"tables": {"table3": [{"label": "x", "model": "bgs", "tset": "single_scale"}]}}, "tables.table3[0].tset", "test"),
+    ({"compute": {"gpu": 1}}, "compute.gpu", "gpus"),
+]
+
+
+@pytest.mark.parametrize("override, path, allowed", TYPOS, ids=[path for _, path, _ in TYPOS])
+def test_a_typo_names_its_full_path_and_the_allowed_keys(override, path, allowed):
+    message = _error(merged(override))
+    assert path in message and allowed in message, message
+
+
+def test_every_unknown_key_is_listed_with_a_suggestion():
+    with pytest.raises(ValueError) as error:
+        check_unknown_keys(merged({"retrain": {"smapler": "uniform"}, "tests": {"single_scale": {"min_sise": 1}}}),
+                           SCHEMA)
+    message = str(error.value)
+    assert "retrain.smapler (did you mean 'sampler'?)" in message
+    assert "tests.single_scale.min_sise (did you mean 'min_size'?)" in message
+    assert "retrain allows: amp, batch_size," in message
+
+
+# --- cross-field checks: what the schema cannot see ---------------------------------------------------------------
+
+TWO_REPRESENTATIONS = {"models": {
+    "representation_uniform": {"stage": "representation", "train": {"sampler": "uniform"}},
+    "bgs_uniform": {"stage": "retrain", "from": "representation_uniform", "classifier": {"type": "bgs"}},
+    "double": {"branches": ["bgs", "bgs_uniform"]},
+}}
+CROSS_FIELD = [
+    ({"dataset": "lvis"}, ["dataset: 'lvis'", "lvis_v1"]),
+    ({"default_tables": ["table1", "tabel2"]}, ["default_tables", "['tabel2']"]),
+    ({"tables": {"table1": [{"label": "x", "model": "bsg", "test": "single_scale"}]}},
+     ["tables.table1[0].model", "'bsg'", "did you mean 'bgs'"]),
+    ({"tables": {"table2": [{"label": "x", "model": "bgs", "test": "multi_scale"}]}},
+     ["tables.table2[0].test", "'multi_scale'"]),
+    ({"tests": {"multi_scale_adaptive": {"scale_ranges": [[0, 10], [0, 20]]}}},
+     ["tests.multi_scale_adaptive", "scale_ranges", "3 scales"]),
+    ({"tests": {"multi_scale_box": {"from": "missing"}}}, ["tests.multi_scale_box.from", "not a key of 'tests'"]),
+    ({"tests": {"single_scale": {"from": "multi_scale_mask"}}}, ["tests.", ".from", "part of a cycle"]),
+    ({"model": {"anchor_sizes": [16, 32]}}, ["model.anchor_sizes", "4 FPN levels"]),
+    ({"model": {"roi_heads": "cascade"}}, ["model.roi_heads", "standard"]),
+    ({"model": {"classifier": {"type": "double"}}}, ["model.classifier", "branches"]),
+    ({"train": {"lr_schedule": [[0, -1]]}}, ["train.lr_schedule"]),
+    ({"retrain": {"epochs": 0, "max_iterations": None}}, ["retrain.epochs", "retrain.max_iterations"]),
+    ({"models": {"bgs": {"retrain": {"lr_schedule": [[-1, 0.1]]}}}}, ["models.bgs.retrain.lr_schedule"]),
+    ({"models": {"bgs_long": {"retrain": {"epochs": 0, "max_iterations": None}}}}, ["models.bgs_long.retrain.epochs"]),
+    ({"models": {"representation": {"train": {"epochs": 0, "max_iterations": None}}}},
+     ["models.representation.train.epochs"]),
+    ({"models": {"bgs": {"train": {"lr": 0.1}}}}, ["models.bgs.train", "retrain model", "models.bgs.retrain"]),
+    ({"models": {"representation": {"retrain": {"lr": 0.1}}}},
+     ["models.representation.retrain", "models.representation.train"]),
+    ({"models": {"representation": {"pseudo_labels": True}}}, ["models.representation.pseudo_labels"]),
+    ({"models": {"double": {"classifier": {"type": "softmax"}}}}, ["models.double.classifier", "double model"]),
+    ({"models": {"bgs": {"branches": ["bgs_long", "bgs_class_aware"]}}}, ["models.bgs.branches", "retrain model"]),
+    ({"models": {"bgs": {"from": "represention"}}}, ["models.bgs.from", "did you mean 'representation'"]),
+    ({"models": {"bgs_class_aware": {"from": "bgs"}}}, ["models.bgs_class_aware.from", "representation model"]),
+    ({"models": {"bgs": {"classifier": {"type": "bsg"}}}}, ["models.bgs.classifier.type", "'bgs'"]),
+    ({"models": {"double": {"branches": ["bgs", "bgs_classaware"]}}},
+     ["models.double.branches[1]", "did you mean 'bgs_class_aware'"]),
+    ({"models": {"mosaic_double": {"branches": ["bgs", "double"]}}},
+     ["models.mosaic_double.branches[1]", "'double' is a double model"]),
+    (TWO_REPRESENTATIONS, ["models.double.branches", "different representation models", "same `from`"]),
+    ({"pseudo_labels": {"teacher": "nope"}}, ["pseudo_labels.teacher", "'nope'"]),
+    ({"pseudo_labels": {"teacher": "pseudo_double"}}, ["pseudo_labels.teacher", "bgs_pseudo", "cycle"]),
+    ({"pseudo_labels": {"teacher": "bgs_class_aware_pseudo"}}, ["pseudo_labels.teacher", "cycle"]),
+    ({"pseudo_labels": {"test": "single"}}, ["pseudo_labels.test", "did you mean 'single_scale'"]),
+]
+
+
+@pytest.mark.parametrize("override, expected", CROSS_FIELD, ids=[str(i) for i in range(len(CROSS_FIELD))])
+def test_inconsistent_config_passes_the_schema_and_fails_the_cross_field_check(override, expected):
+    config = merged(override)
+    check_unknown_keys(config, SCHEMA)
+    jsonschema.Draft202012Validator(SCHEMA).validate(config)  # the schema alone lets it through
+    with pytest.raises(ValueError) as error:
+        check_workflow_config(config)
+    message = str(error.value)
+    assert all(part in message for part in expected), message
+
+
+def test_pseudo_labels_on_lvis_need_the_unlabeled_image_list():
+    config = merged({"dataset": "lvis_v1"})
+    del config["datasets"]["lvis_v1"]["unlabeled_json"]
+    assert "datasets.lvis_v1.unlabeled_json" in _error(config)
+    for model in ("bgs_pseudo", "bgs_class_aware_pseudo"):
+        config["models"][model]["pseudo_labels"] = False
+    config["tables"] = {"table1": config["tables"]["table1"]}
+    config["default_tables"] = ["table1"]
+    check_config(config)  # without pseudo-label models, no unlabeled split is needed
+
+
+def test_schema_errors_read_as_path_and_problem():
+    with pytest.raises(jsonschema.ValidationError) as error:
+        jsonschema.Draft202012Validator(SCHEMA).validate(merged({"tables": {"table1": [{"label": 3, "model": "bgs",
+                                                                                       "test": "single_scale"}]}}))
+    assert config_error_message(error.value).startswith("tables.table1[0].label: 3 is not of type 'string'")
+    assert key_path(["models", "bgs", "retrain", "sampler"]) == "models.bgs.retrain.sampler"
+    assert config_error_message(ValueError("plain")) == "plain"
+
+
+# --- config.yaml, the schema and the code agree ---------------------------------------------------------------------
+
+
+def test_config_yaml_states_every_default_of_the_code():
+    assert BASE["model"] == DEFAULT_MODEL_CFG
+    assert BASE["train"] == asdict(TrainConfig())
+    assert BASE["retrain"] == asdict(RetrainConfig())
+    assert BASE["model"]["roi_heads"] in ROI_HEADS
+
+
+def test_schema_sections_have_the_code_keys():
+    assert set(DEFS["model_settings"]["properties"]) == set(DEFAULT_MODEL_CFG)
+    assert set(DEFS["train_settings"]["properties"]) == set(TrainConfig.keys())
+    assert set(DEFS["retrain_settings"]["properties"]) == set(RetrainConfig.keys())
+    assert set(DEFS["test_settings"]["properties"]) == {"from", *(f.name for f in fields(TestConfig))}
+    for section, definition in (("model", "model_settings"), ("train", "train_settings"),
+                                ("retrain", "retrain_settings")):
+        assert SCHEMA["properties"][section]["$ref"] == f"#/$defs/{definition}"
+    model_entry = DEFS["model_entry"]["properties"]
+    assert model_entry["train"]["$ref"] == "#/$defs/train_settings"
+    assert model_entry["retrain"]["$ref"] == "#/$defs/retrain_settings"
+    assert model_entry["classifier"]["$ref"] == SCHEMA["$defs"]["model_settings"]["properties"]["classifier"]["$ref"]
+    assert SCHEMA["properties"]["tests"]["additionalProperties"]["$ref"] == "#/$defs/test_settings"
+
+
+def _enum(definition: str, key: str) -> list[Any]:
+    return _resolved(DEFS[definition]["properties"][key])["enum"]
+
+
+def test_schema_enums_are_the_code_choices():
+    assert _enum("model_settings", "backbone") == list(BACKBONES)
+    assert _enum("model_settings", "norm") == list(NORMS)
+    assert _enum("train_settings", "sampler") == list(TRAIN_SAMPLERS)
+    assert _enum("retrain_settings", "sampler") == list(RETRAIN_SAMPLERS)
+    assert _enum("train_settings", "optimizer") == _enum("retrain_settings", "optimizer") == list(OPTIMIZERS)
+    assert _resolved(DEFS["retrain_settings"]["properties"]["lr_schedule"])["oneOf"][0]["enum"] == list(
+        NAMED_LR_SCHEDULES)
+    assert _enum("test_settings", "merge") == list(MERGE_METHODS)
+    assert _enum("test_settings", "soft_nms_method") == list(SOFT_NMS_METHODS)
+
+
+def _undocumented(schema: Any, path: str) -> list[str]:
+    """Properties of ``schema`` (recursively) without a description of their own or through their $ref."""
+    missing = []
+    if isinstance(schema, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if "description" not in _resolved(sub):
+                missing.append(f"{path}.{key}")
+        for key, sub in schema.items():
+            if key not in ("if", "then"):  # conditions only, their keys are documented in `properties`
+                missing += _undocumented(sub, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for index, sub in enumerate(schema):
+            missing += _undocumented(sub, f"{path}[{index}]")
+    return missing
+
+
+def test_every_schema_key_is_documented():
+    assert _undocumented(SCHEMA, "schema") == []
+
+
+def test_every_section_and_override_is_closed():
+    assert _closed_objects_missing(SCHEMA, "schema") == []
+
+
+def _closed_objects_missing(schema: Any, path: str) -> list[str]:
+    """Object schemas with properties but no additionalProperties: false (the classifier, checked by the registry,
+    is the one open mapping)."""
+    missing = []
+    if isinstance(schema, dict):
+        if "properties" in schema and schema.get("additionalProperties") is not False \
+                and path != "schema.$defs.classifier":
+            missing.append(path)
+        for key, sub in schema.items():
+            if key not in ("if", "then"):
+                missing += _closed_objects_missing(sub, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for index, sub in enumerate(schema):
+            missing += _closed_objects_missing(sub, f"{path}[{index}]")
+    return missing
+
+
+# --- job settings: only what the job reads --------------------------------------------------------------------------
+
+
+def test_retrain_settings_hold_only_what_the_run_reads():
+    config = merged()
+    class_aware = {m for m, e in config["models"].items() if e.get("retrain", {}).get("sampler") == "class_aware"}
+    retrained = {m for m, e in config["models"].items() if e["stage"] == "retrain"}
+    assert class_aware and retrained - class_aware
+    for model in retrained:
+        settings = retrain_job_settings(config, model)
+        assert ("images_per_category" in settings) == (model in class_aware)
+        assert "momentum" not in settings  # adamw
+        if config["models"][model]["retrain"].get("mosaic"):
+            assert not {"min_size_range", "max_size", "flip_prob"} & set(settings)
+    sgd = merged({"models": {"bgs": {"retrain": {"optimizer": "sgd"}}}})
+    assert retrain_job_settings(sgd, "bgs")["momentum"] == 0.9
+
+
+def test_train_and_model_settings_are_complete_and_resolved():
+    config = merged()
+    assert train_job_settings(config, "representation")["sampler"] == "repeat_factor"
+    uniform = merged({"models": {"representation": {"train": {"sampler": "uniform"}}}})
+    assert train_job_settings(uniform, "representation")["sampler"] == "uniform"
+    model = model_job_settings(config)
+    assert set(model) == set(DEFAULT_MODEL_CFG) and model["anchor_sizes"] == [16, 32, 64, 128]
+
+
+def test_test_settings_inherit_and_keep_only_their_path_keys():
+    config = merged()
+    assert workflow_config.test_settings(config, "multi_scale_mask")["scales"] == [128, 160, 192]
+    assert workflow_config.test_settings(config, "multi_scale_mask")["min_size"] == 128
+    single = workflow_config.test_job_settings(config, "single_scale")
+    assert "scales" not in single and "merge" not in single and single["max_dets"] == 100
+    multi = workflow_config.test_job_settings(config, "multi_scale_box")
+    assert multi["scales"] == [128, 160, 192] and "min_size" not in multi and "soft_nms_method" not in multi
+    assert workflow_config.test_job_settings(config, "multi_scale_soft_nms")["soft_nms_method"] == "linear"
+    assert not is_multi_scale_test(config, "single_scale")
+    assert all(is_multi_scale_test(config, t) for t in config["tests"] if t.startswith("multi_scale"))
