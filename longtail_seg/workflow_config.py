@@ -150,13 +150,12 @@ for _helper in (test_settings, test_config, test_job_settings):
 
 def train_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The ``train`` section with the model's own ``train`` overrides (e.g. the uniform-sampling baseline)."""
-    return {**config["train"], **config["models"][model].get("train", {})}
+    return _with_overrides(config, model, "train")
 
 
 def train_config(config: Mapping[str, Any], model: str) -> TrainConfig:
     """The checked ``TrainConfig`` of a representation model (errors name its override, else ``train``)."""
-    section = f"models.{model}.train" if "train" in config["models"][model] else "train"
-    return _build(TrainConfig, train_settings(config, model), section)
+    return _section_config(TrainConfig, config, model, "train")
 
 
 def train_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
@@ -166,18 +165,28 @@ def train_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
 
 def retrain_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The ``retrain`` section with the model's own ``retrain`` overrides (sampler, mosaic, ...)."""
-    return {**config["retrain"], **config["models"][model].get("retrain", {})}
+    return _with_overrides(config, model, "retrain")
 
 
 def retrain_config(config: Mapping[str, Any], model: str) -> RetrainConfig:
     """The checked ``RetrainConfig`` of a retrain model (errors name its override, else ``retrain``)."""
-    section = f"models.{model}.retrain" if "retrain" in config["models"][model] else "retrain"
-    return _build(RetrainConfig, retrain_settings(config, model), section)
+    return _section_config(RetrainConfig, config, model, "retrain")
 
 
 def retrain_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     """What the model's classifier retraining reads (``RetrainConfig.used_settings``): its ``--train-cfg``."""
     return retrain_config(config, model).used_settings()
+
+
+def _with_overrides(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:
+    """The top-level ``section`` (``train`` / ``retrain``) updated with ``models.<model>.<section>``."""
+    return {**config[section], **config["models"][model].get(section, {})}
+
+
+def _section_config(cls: Any, config: Mapping[str, Any], model: str, section: str) -> Any:
+    """``cls`` built from ``_with_overrides``; errors name the model's override when it has one."""
+    path = f"models.{model}.{section}" if section in config["models"][model] else section
+    return _build(cls, _with_overrides(config, model, section), path)
 
 
 def model_job_settings(config: Mapping[str, Any]) -> dict[str, Any]:

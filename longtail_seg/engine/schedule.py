@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from longtail_seg.engine.config import check_lr_schedule
+
 
 class LRSchedule:
     """Learning rate as a pure function of progress, so resuming needs only the iteration and epoch.
@@ -51,11 +53,8 @@ class LRSchedule:
         """``lr_schedule`` is "cosine", "constant" or a list of [epoch, lr] pairs (the config's forms)."""
         if isinstance(lr_schedule, str):
             return cls(kind=lr_schedule, **kwargs)
-        if isinstance(lr_schedule, (list, tuple)) and all(
-            isinstance(p, (list, tuple)) and len(p) == 2 for p in lr_schedule
-        ):
-            return cls(kind="step", steps=lr_schedule, **kwargs)
-        raise ValueError(f"train.lr_schedule must be 'cosine', 'constant' or [[epoch, lr], ...]; got {lr_schedule!r}")
+        check_lr_schedule(lr_schedule, "train.lr_schedule")  # the config's own check of the step list
+        return cls(kind="step", steps=lr_schedule, **kwargs)
 
     def lr_at(self, iteration: int, epoch: float) -> float:
         """Rate at global ``iteration`` and fractional ``epoch`` (0-based; epoch 2.5 = half-way through the third)."""

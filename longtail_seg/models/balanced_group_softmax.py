@@ -63,14 +63,14 @@ class BalancedGroupSoftmaxClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> BalancedGroupSoftmaxClassifier:
-        """Build from ``{"type": "bgs", "class_groups": [...], "others_sample_ratio": 8}`` (model.classifier)."""
+        """Build from a checked ``{"type": "bgs", "class_groups": [...], ...}`` config with its defaults filled in
+        (``models/registry.py``)."""
         if cfg.get("class_groups") is None:
             raise ValueError(
                 "the bgs classifier config needs class_groups (group id per label 1..C); build it with "
                 "class_groups_from_stats(results/{dataset}/stats/category_stats.csv, category_ids)"
             )
-        return cls(in_features, num_classes, cfg["class_groups"], cfg.get("others_sample_ratio", 8.0),
-                   cfg.get("dropout", 0.0))
+        return cls(in_features, num_classes, cfg["class_groups"], cfg["others_sample_ratio"], cfg["dropout"])
 
     @property
     def num_groups(self) -> int:

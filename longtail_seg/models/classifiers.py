@@ -37,8 +37,8 @@ class SoftmaxClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], in_features: int, num_classes: int) -> SoftmaxClassifier:
-        """Build from a checked ``model.classifier`` config (``models/registry.py``; optional ``dropout``)."""
-        return cls(in_features, num_classes, cfg.get("dropout", 0.0))
+        """Build from a checked ``model.classifier`` config with its defaults filled in (``models/registry.py``)."""
+        return cls(in_features, num_classes, cfg["dropout"])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits [R, C+1] for RoI features [R, D] (flattened if needed)."""

@@ -100,7 +100,7 @@ class Detector(GeneralizedRCNN):
         """``nn.Module.train``; with a frozen representation, normalisation layers outside the classifiers stay in
         eval mode."""
         super().train(mode)
-        if getattr(self, "representation_frozen", False):
+        if self.representation_frozen:
             inside_classifiers = {id(m) for c in self.roi_heads.classifiers() for m in c.modules()}
             for module in self.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in inside_classifiers:
