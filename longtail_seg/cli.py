@@ -17,6 +17,19 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     return value
 
 
+def training_config(config_class: Any, train_cfg: str, run_cfg: str = "{}") -> Any:
+    """``--train-cfg`` (what decides the weights) and ``--run-cfg`` (how the run goes: ``config_class.RUN_SETTINGS``)
+    as one checked ``TrainConfig`` / ``RetrainConfig``; a bad value exits naming its key."""
+    run = parse_json_object(run_cfg, "--run-cfg")
+    misplaced = sorted(set(run) - set(config_class.RUN_SETTINGS))
+    if misplaced:
+        raise SystemExit(f"--run-cfg takes only {list(config_class.RUN_SETTINGS)}; pass {misplaced} in --train-cfg")
+    try:
+        return config_class.from_dict({**parse_json_object(train_cfg, "--train-cfg"), **run})
+    except ValueError as error:
+        raise SystemExit(f"--train-cfg / --run-cfg: {error}") from None
+
+
 def finish_training_run(result: Any, verb: str, seconds: float, rank: int) -> None:
     """Print a training run's summary on rank 0 and tear down the process group started by torchrun/srun."""
     import torch.distributed as dist

@@ -1,11 +1,14 @@
-"""Atomic file writes: every output is written to a temporary name and renamed when complete."""
+"""Atomic file writes: every output is written to a temporary name and renamed when complete. Reading back: a
+truncated or corrupt JSON or torch file fails naming the file, where it breaks and the fix."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,3 +52,48 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
+
+
+# --- reading back -------------------------------------------------------------------------------------------------
+
+
+class CorruptFileError(ValueError):
+    """A file exists but is not readable as what it should be (truncated, corrupt or another format); the message
+    names the file, what it should be, where it breaks and the fix."""
+
+
+def load_json_file(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """``json.load`` of ``path``; a truncated or non-JSON file raises ``CorruptFileError`` naming the file, ``what`` it
+    should be (e.g. "predictions file"), the line and column, and ``fix`` (e.g. "delete it and rerun ...")."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise CorruptFileError(
+            f"{path}: this {what} is not valid JSON at line {error.lineno}, column {error.colno} (char "
+            f"{error.pos} of {os.path.getsize(path)} bytes): {error.msg}; the file is truncated or was not written by "
+            f"this workflow; {fix}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise CorruptFileError(
+            f"{path}: this {what} is not JSON text (byte {error.start} is not UTF-8); the file is corrupt or "
+            f"another format; {fix}"
+        ) from error
+
+
+def load_torch_file(path: str | os.PathLike, what: str, fix: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=False)``; a truncated or corrupt file raises ``CorruptFileError`` naming the
+    file, ``what`` it should be (e.g. "detector checkpoint"), its size, torch's own words and ``fix``. A missing or
+    unreadable file raises as ``open`` does. Torch is imported here only: this module stays torch-free."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        cause = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        raise CorruptFileError(
+            f"{path}: cannot read this {what} ({os.path.getsize(path)} bytes; {type(error).__name__}: {cause}); "
+            f"the file is truncated or corrupt (e.g. a copy or a job cut short); {fix}"
+        ) from error

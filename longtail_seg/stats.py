@@ -161,14 +161,21 @@ def _summary(
     }
 
 
-def write_dataset_stats(stats: DatasetStats, out_dir: str | Path) -> None:
-    """Write category_stats.csv, image_repeat_factors.csv and summary.json atomically into ``out_dir``."""
+STATS_PARTS = ("categories", "repeat_factors")
+
+
+def write_dataset_stats(stats: DatasetStats, out_dir: str | Path, parts: Sequence[str] = STATS_PARTS) -> None:
+    """Write the chosen parts atomically into ``out_dir``: "categories" (category_stats.csv, summary.json) and
+    "repeat_factors" (image_repeat_factors.csv). The workflow writes them in two jobs, so that a setting of one
+    (e.g. the BGS bins) does not rewrite the other and rerun what reads only that."""
     out = Path(out_dir)
-    with atomic_path(out / "category_stats.csv") as tmp:
-        stats.categories.to_csv(tmp, index=False)
-    with atomic_path(out / "image_repeat_factors.csv") as tmp:
-        stats.images.to_csv(tmp, index=False)
-    atomic_write_json(out / "summary.json", stats.summary, indent=2)
+    if "categories" in parts:
+        with atomic_path(out / "category_stats.csv") as tmp:
+            stats.categories.to_csv(tmp, index=False)
+        atomic_write_json(out / "summary.json", stats.summary, indent=2)
+    if "repeat_factors" in parts:
+        with atomic_path(out / "image_repeat_factors.csv") as tmp:
+            stats.images.to_csv(tmp, index=False)
 
 
 def repeat_factors_of_images(image_category_ids: Sequence[Sequence[int]], threshold: float) -> np.ndarray:

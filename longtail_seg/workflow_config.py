@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from longtail_seg.config_keys import string_hint
 from longtail_seg.engine.config import RetrainConfig, TrainConfig
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.models.config import resolve_model_cfg
@@ -92,11 +93,14 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
 
 def config_error_message(error: BaseException) -> str:
     """The message of a failed config check; a jsonschema ``ValidationError`` (alone or wrapped in Snakemake's
-    ``WorkflowError``) as ``PATH: problem``, without jsonschema's dump of the whole sub-schema."""
+    ``WorkflowError``) as ``PATH: problem``, without jsonschema's dump of the whole sub-schema; a number or a bool
+    written as a string gets a hint (YAML reads ``1e-4`` as a string)."""
     for candidate in (error, error.__cause__, error.__context__):
         if hasattr(candidate, "absolute_path") and hasattr(candidate, "message"):
             path = key_path(candidate.absolute_path)
-            return f"{path or 'config'}: {candidate.message} (schemas/config.schema.yaml)"
+            hint = string_hint(getattr(candidate, "instance", None)) if getattr(candidate, "validator", "") == "type" \
+                else ""
+            return f"{path or 'config'}: {candidate.message}{hint} (schemas/config.schema.yaml)"
     return str(error)
 
 
@@ -159,8 +163,15 @@ def train_config(config: Mapping[str, Any], model: str) -> TrainConfig:
 
 
 def train_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """What the model's representation learning reads (``TrainConfig.used_settings``): its ``--train-cfg``."""
-    return train_config(config, model).used_settings()
+    """What decides the weights of the model's representation learning (``TrainConfig.computed_settings``): its
+    ``--train-cfg``, a tracked parameter of the job."""
+    return train_config(config, model).computed_settings()
+
+
+def train_run_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """How the model's representation learning runs (``TrainConfig.run_settings``: loader workers, logging,
+    checkpoint period): its ``--run-cfg``, passed apart so that changing them reruns no job."""
+    return train_config(config, model).run_settings()
 
 
 def retrain_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
@@ -174,8 +185,14 @@ def retrain_config(config: Mapping[str, Any], model: str) -> RetrainConfig:
 
 
 def retrain_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """What the model's classifier retraining reads (``RetrainConfig.used_settings``): its ``--train-cfg``."""
-    return retrain_config(config, model).used_settings()
+    """What decides the weights of the model's classifier retraining (``RetrainConfig.computed_settings``): its
+    ``--train-cfg``, a tracked parameter of the job."""
+    return retrain_config(config, model).computed_settings()
+
+
+def retrain_run_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """How the model's classifier retraining runs: its ``--run-cfg`` (see ``train_run_settings``)."""
+    return retrain_config(config, model).run_settings()
 
 
 def _with_overrides(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from longtail_seg.snakemake_locks import snakemake_lock_note
 from longtail_seg.workflow_config import (
     check_unknown_keys,
     check_workflow_config,
@@ -14,8 +15,10 @@ from longtail_seg.workflow_config import (
     load_schema,
     model_job_settings,
     retrain_job_settings,
+    retrain_run_settings,
     test_job_settings,
     train_job_settings,
+    train_run_settings,
     uses_pseudo_labels,
 )
 
@@ -42,6 +45,13 @@ except (ValueError, WorkflowError) as error:
     raise config_error(error) from None
 
 DATASET = config["dataset"]
+
+# Whose Snakemake lock this folder holds (a live run, or the stale leftover of a killed one), said before Snakemake
+# refuses to start with "Directory cannot be locked"; only in the main process, not in cluster jobs.
+if getattr(workflow, "is_main_process", True):
+    lock_note = snakemake_lock_note(Path.cwd())
+    if lock_note:
+        print(lock_note, file=sys.stderr)
 
 
 wildcard_constraints:
@@ -73,6 +83,38 @@ def image_root(dataset):
     if is_synthetic(dataset):
         return f"data/{dataset}/images"
     return dataset_config(dataset)["image_root"]
+
+
+def data_check(split):
+    """Input function: the data check report of a split (rule check_dataset), a gate and not a trigger.
+
+    The report is `ancient`: re-running the check (forced, or after deleting results/{dataset}/checks/) never by
+    itself reruns the jobs that wait for it, trained models above all. Except while the check's own inputs (the
+    annotation file, the image folder) are newer than its report, i.e. the data changed and the check reruns:
+    then the report is a plain input, because Snakemake 9 skips the jobs below a rerunning job that are linked to
+    it only by ancient files even when their own inputs changed (snakemake/snakemake#4166), and jobs on changed
+    data must rerun in the same invocation.
+    """
+
+    def report(wildcards):
+        path = Path(f"results/{wildcards.dataset}/checks/{split}.json")
+        sources = [
+            Path(annotation_file(wildcards.dataset, split)),
+            Path(image_root(wildcards.dataset)),
+        ]
+        if path.exists() and any(
+            s.exists() and snakemake_mtime(s) > path.stat().st_mtime for s in sources
+        ):
+            return str(path)
+        return ancient(str(path))
+
+    return report
+
+
+def snakemake_mtime(path):
+    """A path's modification time as Snakemake reads it (a directory() output's .snakemake_timestamp)."""
+    stamp = path / ".snakemake_timestamp"
+    return (stamp if stamp.exists() else path).stat().st_mtime
 
 
 def as_json(section):

@@ -19,3 +19,32 @@ rule make_dataset:
         " --seed {params.settings[seed]} --image-size {params.settings[image_size]}"
         " --num-train {params.settings[num_train]} --num-val {params.settings[num_val]}"
         " --num-unlabeled {params.settings[num_unlabeled]} > {log:q} 2>&1"
+
+
+rule check_dataset:
+    """The data check before training (train split) and before inference and evaluation (val split): structure,
+    image records, segmentations and boxes against their image, and every image file decoded in full, with every
+    problem listed in one pass (longtail_seg/data/check.py). Runs once per dataset version: again only when the
+    annotation file or the image folder changes. The jobs that wait for it take its report through
+    `data_check` (rules/common.smk), a gate and not a trigger.
+    """
+    input:
+        annotations=lambda wc: annotation_file(wc.dataset, wc.split),
+        images=lambda wc: image_root(wc.dataset),
+    output:
+        report="results/{dataset}/checks/{split}.json",
+    log:
+        "logs/{dataset}/check_dataset/{split}.log",
+    benchmark:
+        "benchmarks/out/{dataset}/check_dataset/{split}.tsv"
+    wildcard_constraints:
+        split="train|val",
+    conda:
+        "../envs/longtail_seg.yaml"
+    threads: config["compute"]["check_threads"]
+    params:
+        role=lambda wc: "train" if wc.split == "train" else "eval",
+    shell:
+        "python workflow_scripts/check_dataset.py --annotations {input.annotations:q}"
+        " --image-root {input.images:q} --role {params.role} --workers {threads}"
+        " --out {output.report:q} > {log:q} 2>&1"

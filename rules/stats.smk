@@ -1,10 +1,10 @@
 rule dataset_stats:
-    """Per-category counts, LVIS groups, repeat factors, sampling probabilities and BGS bins of the train split."""
+    """Per-category counts, LVIS groups, category repeat factors, sampling probabilities and BGS bins of the train
+    split, with the long-tail plot."""
     input:
         annotations=lambda wc: annotation_file(wc.dataset, "train"),
     output:
         categories="results/{dataset}/stats/category_stats.csv",
-        images="results/{dataset}/stats/image_repeat_factors.csv",
         summary="results/{dataset}/stats/summary.json",
         plot="results/{dataset}/stats/long_tail.png",
     log:
@@ -19,7 +19,29 @@ rule dataset_stats:
     shell:
         "python workflow_scripts/dataset_stats.py --annotations {input.annotations:q}"
         " --out-dir results/{wildcards.dataset:q}/stats --rfs-threshold {params.threshold}"
-        " --bgs-bins {params.bins} > {log:q} 2>&1"
+        " --bgs-bins {params.bins} --parts categories > {log:q} 2>&1"
+
+
+rule repeat_factors:
+    """Image repeat factors of the train split (what repeat factor sampling and the balanced mosaic read). A job of
+    its own, so that a setting it does not read (e.g. `stats.bgs_bins`) does not rerun representation learning.
+    """
+    input:
+        annotations=lambda wc: annotation_file(wc.dataset, "train"),
+    output:
+        images="results/{dataset}/stats/image_repeat_factors.csv",
+    log:
+        "logs/{dataset}/repeat_factors.log",
+    benchmark:
+        "benchmarks/out/{dataset}/repeat_factors.tsv"
+    conda:
+        "../envs/longtail_seg.yaml"
+    params:
+        threshold=config["stats"]["rfs_threshold"],
+    shell:
+        "python workflow_scripts/dataset_stats.py --annotations {input.annotations:q}"
+        " --out-dir results/{wildcards.dataset:q}/stats --rfs-threshold {params.threshold}"
+        " --parts repeat_factors > {log:q} 2>&1"
 
 
 rule stats:

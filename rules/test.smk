@@ -4,6 +4,7 @@ rule infer:
         model="results/{dataset}/models/{model}/model_final.pth",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
         images=lambda wc: image_root(wc.dataset),
+        check=data_check("val"),
     output:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
     log:
@@ -31,6 +32,7 @@ rule evaluate:
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
+        check=data_check("val"),
     output:
         metrics="results/{dataset}/eval/{model}/{test}/metrics.json",
     log:

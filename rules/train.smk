@@ -7,6 +7,7 @@ rule train_representation:
         annotations=lambda wc: annotation_file(wc.dataset, "train"),
         images=lambda wc: image_root(wc.dataset),
         repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
+        check=data_check("train"),
     output:
         model="results/{dataset}/models/{model}/model_final.pth",
     log:
@@ -25,6 +26,9 @@ rule train_representation:
     params:
         model_cfg=lambda wc: as_json(model_job_settings(config)),
         train_cfg=lambda wc: as_json(train_job_settings(config, wc.model)),
+        # how the job runs (loader workers, logging, checkpoint period), not what it computes: a parameter function
+        # of `threads` is one Snakemake does not track, so changing these reruns no job (README: rerun triggers)
+        run_cfg=lambda wc, threads: as_json(train_run_settings(config, wc.model)),
         out_dir=lambda wc, output: Path(output.model).parent,
         extra=train_extra_args,
     shell:
@@ -36,7 +40,8 @@ rule train_representation:
         fi
         $launcher workflow_scripts/train.py --train-annotations {input.annotations:q} \
             --image-root {input.images:q} --repeat-factors {input.repeat_factors:q} \
-            --model-cfg {params.model_cfg:q} --train-cfg {params.train_cfg:q} {params.extra:q} \
+            --model-cfg {params.model_cfg:q} --train-cfg {params.train_cfg:q} --run-cfg {params.run_cfg:q} \
+            {params.extra:q} \
             --out-dir {params.out_dir:q} --threads {threads} >{log:q} 2>&1
         """
 
@@ -54,6 +59,7 @@ rule retrain_classifier:
         images=lambda wc: image_root(wc.dataset),
         categories="results/{dataset}/stats/category_stats.csv",
         repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
+        check=data_check("train"),
     output:
         model="results/{dataset}/models/{model}/model_final.pth",
     log:
@@ -73,6 +79,7 @@ rule retrain_classifier:
     params:
         classifier_cfg=lambda wc: as_json(config["models"][wc.model]["classifier"]),
         train_cfg=lambda wc: as_json(retrain_job_settings(config, wc.model)),
+        run_cfg=lambda wc, threads: as_json(retrain_run_settings(config, wc.model)),
         out_dir=lambda wc, output: Path(output.model).parent,
         stats_dir=lambda wc, input: Path(input.categories).parent,
         extra=retrain_extra_args,
@@ -86,7 +93,8 @@ rule retrain_classifier:
         $launcher workflow_scripts/retrain.py --checkpoint {input.model:q} \
             --train-annotations {input.annotations:q} --image-root {input.images:q} \
             --stats-dir {params.stats_dir:q} --classifier-cfg {params.classifier_cfg:q} \
-            --train-cfg {params.train_cfg:q} {params.extra:q} --out-dir {params.out_dir:q} \
+            --train-cfg {params.train_cfg:q} --run-cfg {params.run_cfg:q} {params.extra:q} \
+            --out-dir {params.out_dir:q} \
             --threads {threads} >{log:q} 2>&1
         """
 

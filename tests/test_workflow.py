@@ -129,6 +129,16 @@ FAST_FAILURES = {
               ["models.bgs.train: only representation models take 'train'", "models.bgs.retrain"]),
     "test": ("tests:\n  multi_scale_adaptive:\n    scale_ranges: [[0, 10]]\n",
              ["tests.multi_scale_adaptive", "scale_ranges needs one [min, max] per scale"]),
+    # a wrong type or range: the schema's message with the key's full path, or the code's where the schema is blind
+    "retrain-type": ('retrain: {batch_size: "4"}\n',
+                     ["retrain.batch_size: '4' is not of type 'integer' (a string: write the number without quotes)"]),
+    "model-retrain-range": ("models:\n  bgs:\n    retrain: {batch_size: -1}\n",
+                            ["models.bgs.retrain.batch_size: -1 is less than the minimum of 1"]),
+    "model-retrain-code": ("models:\n  bgs:\n    retrain: {min_size_range: [144, 112], lr: .nan}\n",
+                           ["models.bgs.retrain.lr must be a number > 0, got nan"]),
+    # a table row naming a model that does not exist: an error, not "Nothing to be done" beside an old table
+    "table-row-model": ("tables:\n  table1:\n    - {label: x, model: representaton, test: single_scale}\n",
+                        ["tables.table1[0].model: 'representaton' is not a key of 'models'"]),
 }
 
 
@@ -320,6 +330,12 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
     assert _params_changed(workflow_copy, "retrain:\n  images_per_category: 7\n") == {
         _model("tiny", m) for m in ("bgs_class_aware", "bgs_class_aware_mosaic")}
     assert _models_to_rebuild(workflow_copy, "retrain:\n  momentum: 0.5\n") == set()  # adamw never reads it
+    # Run settings (logging, loader workers, checkpoint period) are not tracked parameters: nothing reruns.
+    run_settings = "train:\n  log_period: 1\n  num_workers: 1\nretrain:\n  checkpoint_period: 1\n  progress_bar: true\n"
+    assert _jobs_to_run(workflow_copy, run_settings) == set()
+    # The BGS bins are read by classifier retraining, not by representation learning.
+    rebuilt = _models_to_rebuild(workflow_copy, "stats:\n  bgs_bins: [5, 50, 500]\n")
+    assert "representation" not in rebuilt and {"bgs", "bgs_class_aware"} <= rebuilt
 
 
 def _params_changed(workflow_copy: Path, override: str) -> set[str]:
@@ -331,6 +347,15 @@ def _params_changed(workflow_copy: Path, override: str) -> set[str]:
     assert result.returncode == 0, result.stderr
     return {output for output, block in _job_blocks(result.stdout).items()
             if "reason: Params have changed" in block}
+
+
+def _jobs_to_run(workflow_copy: Path, override: str) -> set[str]:
+    """First outputs of the jobs a dry run with tiny.yaml plus ``override`` (YAML text) would run."""
+    extra = workflow_copy / "override.yaml"
+    extra.write_text(override)
+    result = _snakemake("-n", "--configfile", "configs/tiny.yaml", str(extra), cwd=workflow_copy)
+    assert result.returncode == 0, result.stderr
+    return set(_job_blocks(result.stdout))
 
 
 def _models_to_rebuild(workflow_copy: Path, override: str) -> set[str]:

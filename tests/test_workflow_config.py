@@ -15,16 +15,20 @@ import pytest
 import yaml
 
 from longtail_seg import workflow_config
+from longtail_seg.config_keys import check_int
 from longtail_seg.engine.config import (
     NAMED_LR_SCHEDULES,
     OPTIMIZERS,
     RETRAIN_SAMPLERS,
+    RETRAIN_VALUE_CHECKS,
     TRAIN_SAMPLERS,
+    TRAIN_VALUE_CHECKS,
     RetrainConfig,
     TrainConfig,
 )
 from longtail_seg.inference.config import MERGE_METHODS, SOFT_NMS_METHODS, TestConfig
-from longtail_seg.models.config import BACKBONES, DEFAULT_MODEL_CFG, NORMS
+from longtail_seg.inference.config import VALUE_CHECKS as TEST_VALUE_CHECKS
+from longtail_seg.models.config import BACKBONES, DEFAULT_MODEL_CFG, MODEL_VALUE_CHECKS, NORMS, resolve_model_cfg
 from longtail_seg.models.registry import ROI_HEADS
 from longtail_seg.workflow_config import (
     check_unknown_keys,
@@ -346,3 +350,120 @@ def test_test_settings_inherit_and_keep_only_their_path_keys():
     assert workflow_config.test_job_settings(config, "multi_scale_soft_nms")["soft_nms_method"] == "linear"
     assert not is_multi_scale_test(config, "single_scale")
     assert all(is_multi_scale_test(config, t) for t in config["tests"] if t.startswith("multi_scale"))
+
+
+# --- a wrong type or an out-of-range value: its full path, whichever check catches it --------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _dag_message(config: dict[str, Any]) -> str:
+    """What rules/common.smk reports for ``config``: the first failing check's message."""
+    try:
+        check_config(config)
+    except (ValueError, jsonschema.ValidationError) as error:
+        return config_error_message(error)
+    raise AssertionError("the config passed every check")
+
+
+BAD_VALUES = [
+    # the schema catches these (and the code's checks would, naming the same path: see the tests below)
+    ({"retrain": {"batch_size": "4"}},
+     "retrain.batch_size: '4' is not of type 'integer' (a string: write the number without quotes)"),
+    ({"retrain": {"batch_size": -1}}, "retrain.batch_size: -1 is less than the minimum of 1"),
+    ({"models": {"bgs": {"retrain": {"batch_size": -1}}}}, "models.bgs.retrain.batch_size: -1 is less than"),
+    ({"models": {"bgs": {"retrain": {"batch_size": "4"}}}}, "models.bgs.retrain.batch_size: '4' is not of type"),
+    ({"retrain": {"lr": "1e-4"}}, "retrain.lr: '1e-4' is not of type 'number' (a string: write the number without "
+                                  "quotes; YAML reads 1e-4 as a string, write 1.0e-4)"),
+    ({"models": {"representation": {"train": {"momentum": 1.0}}}},
+     "models.representation.train.momentum: 1.0 is greater than or equal to the maximum of 1"),
+    ({"train": {"seed": -1}}, "train.seed: -1 is less than the minimum of 0"),
+    # the schema lets these through (NaN compares false, lo <= hi is no JSON-schema rule); the code names the path
+    ({"retrain": {"lr": NAN}}, "retrain.lr must be a number > 0, got nan"),
+    ({"train": {"flip_prob": NAN}}, "train.flip_prob must be a number in [0, 1], got nan"),
+    ({"models": {"bgs": {"retrain": {"min_size_range": [144, 112]}}}},
+     "models.bgs.retrain.min_size_range must be an integer >= 1 or a [lo, hi] pair of them with lo <= hi, "
+     "got [144, 112]"),
+    ({"models": {"representation": {"train": {"weight_decay": NAN}}}},
+     "models.representation.train.weight_decay must be a number >= 0, got nan"),
+    ({"models": {"bgs_class_aware": {"retrain": {"grad_clip_norm": INF}}}},
+     "models.bgs_class_aware.retrain.grad_clip_norm must be a number > 0 or null, got inf"),
+    ({"tests": {"single_scale": {"mask_threshold": NAN}}},
+     "tests.single_scale: mask_threshold must be a number in [0, 1], got nan"),
+    ({"model": {"box_nms_thresh": NAN}}, "model.box_nms_thresh must be a number in [0, 1], got nan"),
+    ({"model": {"image_mean": [0.5, NAN, 0.5]}}, "model.image_mean must be 3 numbers, got [0.5, nan, 0.5]"),
+]
+
+
+@pytest.mark.parametrize("override, expected", BAD_VALUES, ids=[e.split(" ")[0] for _, e in BAD_VALUES])
+def test_a_bad_value_fails_the_dag_checks_naming_its_full_path(override, expected):
+    message = _dag_message(merged(override))
+    assert message.startswith(expected), message
+
+
+SECTION_CLASSES = {  # the schema definition, and how the code builds one section from a dict
+    "train_settings": lambda cfg: TrainConfig.from_dict(cfg, section="s"),
+    "retrain_settings": lambda cfg: RetrainConfig.from_dict(cfg, section="s"),
+    "test_settings": lambda cfg: TestConfig.from_dict(cfg, section="s"),
+    "model_settings": lambda cfg: resolve_model_cfg(cfg, section="s"),
+}
+
+
+def _bounded_keys() -> list[tuple[str, str, Any]]:
+    """(definition, key, value) at and just past every numeric bound the schema states, and wrong types."""
+    cases = []
+    for definition in SECTION_CLASSES:
+        for key, prop in DEFS[definition]["properties"].items():
+            prop = _resolved(prop)
+            types = prop.get("type", [])
+            types = [types] if isinstance(types, str) else types
+            if not {"integer", "number"} & set(types):
+                continue
+            step = 1 if "integer" in types and "number" not in types else 0.5
+            for bound, sign in (("minimum", -1), ("exclusiveMinimum", -1), ("maximum", 1), ("exclusiveMaximum", 1)):
+                if bound in prop:
+                    cases += [(definition, key, prop[bound]), (definition, key, prop[bound] + sign * step)]
+            cases += [(definition, key, "1"), (definition, key, True)]
+    return cases
+
+
+def _code_bounded_keys() -> list[tuple[str, str, Any]]:
+    """(definition, key, value) at and just past every bound the code's checks state."""
+    cases = []
+    for definition, checks in (("train_settings", TRAIN_VALUE_CHECKS), ("retrain_settings", RETRAIN_VALUE_CHECKS),
+                               ("test_settings", TEST_VALUE_CHECKS), ("model_settings", MODEL_VALUE_CHECKS)):
+        for key, (check, bounds) in checks.items():
+            step = 1 if check is check_int else 0.5
+            for bound, sign in (("minimum", -1), ("maximum", 1)):
+                if bounds.get(bound) is not None:
+                    cases += [(definition, key, bounds[bound]), (definition, key, bounds[bound] + sign * step)]
+            if bounds.get("allow_none"):
+                cases.append((definition, key, None))
+    return cases
+
+
+BOUNDED = _bounded_keys() + _code_bounded_keys()
+
+
+@pytest.mark.parametrize("definition, key, value", BOUNDED, ids=[f"{d}.{k}={v!r}" for d, k, v in BOUNDED])
+def test_schema_and_code_agree_on_every_bound_and_type(definition, key, value):
+    """A hand-run script gets the code's checks only: they accept exactly what the schema accepts, and name the
+    key."""
+    schema_ok = jsonschema.Draft202012Validator(_resolved(DEFS[definition]["properties"][key])).is_valid(value)
+    try:
+        SECTION_CLASSES[definition]({key: value})
+        code_error = None
+    except ValueError as error:
+        code_error = str(error)
+    assert schema_ok == (code_error is None), (schema_ok, code_error)
+    if code_error is not None:
+        assert code_error.startswith((f"s.{key} ", f"s: {key} ")), code_error
+
+
+def test_the_bound_cases_cover_every_numeric_key():
+    assert {k for d, k, _ in BOUNDED if d == "train_settings"} >= {"batch_size", "lr", "momentum", "warmup_factor",
+                                                                   "flip_prob", "seed", "min_size_range"}
+    assert {k for d, k, _ in BOUNDED if d == "retrain_settings"} >= {"images_per_category", "rois_per_image"}
+    assert {k for d, k, _ in BOUNDED if d == "test_settings"} >= {"min_size", "max_dets", "merge_iou"}
+    assert {k for d, k, _ in BOUNDED if d == "model_settings"} >= {"fpn_channels", "box_nms_thresh",
+                                                                   "trainable_backbone_layers"}

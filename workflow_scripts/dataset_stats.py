@@ -12,7 +12,7 @@ from pathlib import Path
 
 from longtail_seg.data.lvis_io import annotation_arrays, load_lvis
 from longtail_seg.plots import plot_long_tail
-from longtail_seg.stats import DEFAULT_BGS_BINS, compute_dataset_stats, write_dataset_stats
+from longtail_seg.stats import DEFAULT_BGS_BINS, STATS_PARTS, compute_dataset_stats, write_dataset_stats
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rfs-threshold", type=float, default=0.001, help="repeat factor threshold t (default 0.001)")
     parser.add_argument("--bgs-bins", type=int, nargs="+", default=list(DEFAULT_BGS_BINS),
                         help="BGS instance-count bin edges (default 10 100 1000)")
+    parser.add_argument("--parts", nargs="+", choices=STATS_PARTS, default=list(STATS_PARTS),
+                        help="categories: category_stats.csv, summary.json, long_tail.png; repeat_factors: "
+                             "image_repeat_factors.csv (default: both)")
     return parser.parse_args(argv)
 
 
@@ -31,8 +34,9 @@ def main(args: argparse.Namespace) -> None:
     loaded = time.perf_counter()
     stats = compute_dataset_stats(annotation_arrays(data), args.rfs_threshold, args.bgs_bins)
     computed = time.perf_counter()
-    write_dataset_stats(stats, args.out_dir)
-    plot_long_tail(stats.categories, Path(args.out_dir) / "long_tail.png")
+    write_dataset_stats(stats, args.out_dir, args.parts)
+    if "categories" in args.parts:
+        plot_long_tail(stats.categories, Path(args.out_dir) / "long_tail.png")
     groups = stats.summary["groups"]
     print(
         f"{stats.summary['images']} images, {stats.summary['instances']} instances, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
@@ -35,9 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    results = load_results(args.predictions)
-    ground_truth = load_ground_truth(args.annotations)
-    metrics: dict = evaluate_lvis(ground_truth, results, args.iou_types, args.max_dets)
+    try:
+        # the ground truth first: structure, records, segmentations (no images: evaluation reads none)
+        check_dataset(args.annotations, role="eval", require_masks="segm" in args.iou_types, progress=False)
+        results = load_results(args.predictions)
+        ground_truth = load_ground_truth(args.annotations)
+        metrics: dict = evaluate_lvis(ground_truth, results, args.iou_types, args.max_dets, source=args.predictions)
+    except (ValueError, FileNotFoundError) as error:  # each names the file, the record and the fix
+        raise SystemExit(f"evaluate: {error}") from None
     metrics["num_images"] = len(ground_truth.get_img_ids())
     metrics["num_detections"] = len(results)
     write_metrics(args.out, metrics)

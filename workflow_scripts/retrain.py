@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from longtail_seg.augment.pipeline import build_training_data
-from longtail_seg.cli import finish_training_run, parse_json_object
+from longtail_seg.cli import finish_training_run, parse_json_object, training_config
 from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import RetrainConfig
@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON object: the config's augment.strong section (pseudo-labelled images only)")
     parser.add_argument("--rfs-threshold", type=float,
                         help="RFS threshold t for the repeat factors of train + pseudo (stats.rfs_threshold)")
+    parser.add_argument("--run-cfg", default="{}",
+                        help="JSON object: how the run goes (num_workers, checkpoint_period, log_period, progress_bar, "
+                             "tensorboard); kept apart from --train-cfg so that changing them reruns no job")
     parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -84,7 +87,7 @@ def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     classifier_cfg = parse_json_object(args.classifier_cfg, "--classifier-cfg")
-    train_cfg = RetrainConfig.from_dict(parse_json_object(args.train_cfg, "--train-cfg"))
+    train_cfg = training_config(RetrainConfig, args.train_cfg, args.run_cfg)
     if train_cfg.sampler == "repeat_factor" and args.stats_dir is None:
         raise SystemExit(f"sampler repeat_factor: pass --stats-dir (the folder with {IMAGE_REPEAT_FACTORS})")
     category_ids = checkpoint_category_ids(args.checkpoint)

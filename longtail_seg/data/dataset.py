@@ -24,9 +24,10 @@ Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 class _ImageAnnotations:
     """The annotations of one image as arrays (boxes xyxy, category ids, crowd flags) plus raw segmentations."""
 
-    __slots__ = ("boxes", "category_ids", "iscrowd", "segmentations")
+    __slots__ = ("annotation_ids", "boxes", "category_ids", "iscrowd", "segmentations")
 
     def __init__(self, anns: list[dict]) -> None:
+        self.annotation_ids = [a["id"] for a in anns]
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
         self.boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         self.category_ids = np.array([a["category_id"] for a in anns], dtype=np.int64)
@@ -127,8 +128,15 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
     def _load_image(self, record: dict) -> torch.Tensor:
         """Decode an image file to a float32 [3,H,W] tensor in [0,1], checking its size against the record."""
         path = image_path(record, self.image_root)
-        with Image.open(path) as pil:
-            array = np.asarray(pil.convert("RGB"))
+        try:
+            with Image.open(path) as pil:
+                array = np.asarray(pil.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as err:  # truncated, not an image, unreadable
+            raise DatasetError(
+                f"{self.annotation_file}: image id {record['id']}: cannot decode image file {path} ({err}); "
+                "re-download or re-extract the file, or remove the image and its annotations "
+                "(workflow_scripts/check_dataset.py lists every bad file in one pass)"
+            ) from err
         height, width = array.shape[:2]
         if (height, width) != (record["height"], record["width"]):
             raise DatasetError(
@@ -159,7 +167,15 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
         height, width = record["height"], record["width"]
         if not anns.segmentations:
             return torch.zeros((0, height, width), dtype=torch.uint8)
-        masks = np.stack([decode_segmentation(seg, height, width) for seg in anns.segmentations])
+        masks = np.empty((len(anns.segmentations), height, width), dtype=np.uint8)
+        for i, (ann_id, segmentation) in enumerate(zip(anns.annotation_ids, anns.segmentations)):
+            try:
+                masks[i] = decode_segmentation(segmentation, height, width)
+            except ValueError as err:
+                raise DatasetError(
+                    f"{self.annotation_file}: annotation id {ann_id} (image id {record['id']}): segmentation: "
+                    f"{err}; fix or drop the annotation (workflow_scripts/check_dataset.py lists every bad record)"
+                ) from err
         return torch.from_numpy(masks)
 
 

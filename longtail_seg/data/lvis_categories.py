@@ -1,4 +1,5 @@
-"""LVIS v1 category table shipped with the package: real LVIS v1 scale for tests and benchmarks without downloading LVIS."""
+"""LVIS v1 category table shipped with the package: real LVIS v1 scale for tests and benchmarks without downloading
+LVIS."""
 
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ annotation file learns what to repair instead of meeting a KeyError deep inside 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,19 +68,12 @@ def validate_dataset(
 ) -> None:
     """Check structure and cross references of an LVIS/COCO dict; raise :class:`DatasetError` on the first problem.
 
-    Checks: required keys, unique ids, every annotation's image and category exist, boxes have positive
-    width and height, and (when ``image_root`` is given) every image file exists.
+    Checks (:func:`dataset_problems`): required keys, unique ids, every annotation's image and category exist,
+    boxes have positive width and height; and (when ``image_root`` is given) every image file exists.
+    ``longtail_seg/data/check.py`` runs the same checks and more, listing every problem instead of the first.
     """
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: top level must be a JSON object with keys {REQUIRED_TOP_LEVEL_KEYS}")
-    keys = REQUIRED_TOP_LEVEL_KEYS if require_annotations else ("images", "categories")
-    for key in keys:
-        if key not in data:
-            raise DatasetError(f"{path}: missing top-level key '{key}' (an LVIS/COCO file has {keys})")
-    image_ids = _unique_ids(data["images"], "images", path)
-    category_ids = _unique_ids(data["categories"], "categories", path)
-    for ann in data.get("annotations", []):
-        _validate_annotation(ann, image_ids, category_ids, path)
+    for problem in dataset_problems(data, require_annotations):
+        raise DatasetError(f"{path}: {problem}")
     if image_root is not None:
         for image in data["images"]:
             file = image_path(image, image_root)
@@ -88,40 +83,71 @@ def validate_dataset(
                 )
 
 
-def _unique_ids(records: list[dict], kind: str, path: str | os.PathLike) -> set[int]:
-    ids: set[int] = set()
+def dataset_problems(data: Any, require_annotations: bool = True) -> Iterator[str]:
+    """Yield each structural problem of an LVIS/COCO dict (record, what is wrong, the fix), lazily, so a caller
+    can stop at the first or list them all. Messages omit the file name: the caller prefixes it."""
+    if not isinstance(data, dict):
+        yield f"top level must be a JSON object with keys {REQUIRED_TOP_LEVEL_KEYS}"
+        return
+    keys = REQUIRED_TOP_LEVEL_KEYS if require_annotations else ("images", "categories")
+    missing = [key for key in keys if key not in data]
+    for key in missing:
+        yield f"missing top-level key '{key}' (an LVIS/COCO file has {keys})"
+    wrong_type = [key for key in REQUIRED_TOP_LEVEL_KEYS if key in data and not isinstance(data[key], list)]
+    for key in wrong_type:
+        yield f"'{key}' must be a list of records, got {type(data[key]).__name__}"
+    if missing or wrong_type:
+        return
+    image_ids = yield from _unique_id_problems(data["images"], "images")
+    category_ids = yield from _unique_id_problems(data["categories"], "categories")
+    annotations = data.get("annotations", [])
+    yield from _unique_id_problems(annotations, "annotations")
+    for ann in annotations:
+        if isinstance(ann, dict):
+            yield from _annotation_problems(ann, image_ids, category_ids)
+
+
+def _unique_id_problems(records: list, kind: str) -> Generator[str, None, set]:
+    """Yield records that are not objects, lack an 'id' or repeat one; return the set of ids."""
+    ids: set = set()
     for index, record in enumerate(records):
-        if "id" not in record:
-            raise DatasetError(f"{path}: {kind}[{index}] has no 'id'")
-        if record["id"] in ids:
-            raise DatasetError(f"{path}: {kind} id {record['id']} appears twice; ids must be unique")
-        ids.add(record["id"])
+        if not isinstance(record, dict):
+            yield f"{kind}[{index}] is a {type(record).__name__}, not a JSON object; fix or remove the record"
+        elif "id" not in record:
+            yield f"{kind}[{index}] has no 'id'; give every record a unique id"
+        elif record["id"] in ids:
+            yield f"{kind} id {record['id']} appears twice; ids must be unique"
+        else:
+            ids.add(record["id"])
     return ids
 
 
-def _validate_annotation(ann: dict, image_ids: set[int], category_ids: set[int], path: str | os.PathLike) -> None:
+def _annotation_problems(ann: dict, image_ids: set, category_ids: set) -> Iterator[str]:
+    """Yield the problems of one annotation record: missing keys, unknown image or category, a bad box."""
     ann_id = ann.get("id", "?")
-    for key in ("id", "image_id", "category_id", "bbox"):
-        if key not in ann:
-            raise DatasetError(f"{path}: annotation id {ann_id}: missing '{key}'")
+    missing = [key for key in ("id", "image_id", "category_id", "bbox") if key not in ann]
+    for key in missing:
+        yield f"annotation id {ann_id}: missing '{key}'"
+    if missing:
+        return
     if ann["image_id"] not in image_ids:
-        raise DatasetError(
-            f"{path}: annotation id {ann_id}: image_id {ann['image_id']} is not in 'images'; "
-            "remove the annotation or add the image record"
-        )
+        yield (f"annotation id {ann_id}: image_id {ann['image_id']} is not in 'images'; "
+               "remove the annotation or add the image record")
     if ann["category_id"] not in category_ids:
-        raise DatasetError(
-            f"{path}: annotation id {ann_id}: category_id {ann['category_id']} is not in 'categories'; "
-            "remove the annotation or add the category record"
-        )
+        yield (f"annotation id {ann_id}: category_id {ann['category_id']} is not in 'categories'; "
+               "remove the annotation or add the category record")
     bbox = ann["bbox"]
-    if len(bbox) != 4:
-        raise DatasetError(f"{path}: annotation id {ann_id}: bbox must be [x, y, width, height], got {bbox}")
-    if not (bbox[2] > 0 and bbox[3] > 0):
-        raise DatasetError(
-            f"{path}: annotation id {ann_id}: bbox {bbox} has non-positive width or height; "
-            "drop the annotation or fix its box"
-        )
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_json_number(v) for v in bbox):
+        yield f"annotation id {ann_id}: bbox must be [x, y, width, height] (4 numbers), got {bbox}"
+    elif not (bbox[2] > 0 and bbox[3] > 0):
+        yield (f"annotation id {ann_id}: bbox {bbox} has non-positive width or height; "
+               "drop the annotation or fix its box")
+
+
+def is_json_number(value: Any) -> bool:
+    """Whether a value parsed from JSON is a finite number (exact int/float types, not bool, str, NaN or inf): the
+    fast form of ``config_keys.is_number`` for the millions of coordinates of an annotation file."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def image_path(image: dict[str, Any], image_root: str | os.PathLike) -> Path:

@@ -3,9 +3,9 @@
 192 categories = 8 shapes x 6 colours x 4 marks (none, dark dot, short bar, thin outline). The unmarked
 categories plus two per mark take the head of a log-linear long tail; every rare category is therefore a
 marked variant of a more frequent parent, the fine-grained confusion that decoupled classifier retraining fixes
-("data C" of the demo design notes, measured to give an LVIS-like gap). Generation runs in two stages: :func:`plan_split` samples the
-layout of every image (categories, sizes, positions, occlusion checked on masks, no pixels), and
-:func:`render_image` paints one planned image; both are deterministic for a seed.
+("data C" of the demo design notes, measured to give an LVIS-like gap). Generation runs in two stages:
+:func:`plan_split` samples the layout of every image (categories, sizes, positions, occlusion checked on masks,
+no pixels), and :func:`render_image` paints one planned image; both are deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -191,7 +191,7 @@ def assign_categories(targets: np.ndarray, capacity: np.ndarray, rng: np.random.
     return per_image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shape_mask(shape: str, width: int, height: int) -> np.ndarray:
     """Binary (height, width) mask of a shape filling its box, drawn supersampled with PIL and downsampled."""
     s = SUPERSAMPLE
@@ -243,7 +243,7 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mark_mask(shape: str, mark: str, width: int, height: int) -> np.ndarray:
     """Binary mask of a category's mark inside its shape box (all False for 'none').
 

@@ -7,19 +7,20 @@ detector file is written by ``longtail_seg.models.detector.save_checkpoint`` ins
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from longtail_seg.io_utils import atomic_path
+from longtail_seg.engine.config import TrainConfig
+from longtail_seg.io_utils import CorruptFileError, atomic_path, load_torch_file
 
 CHECKPOINT_FORMAT = "longtail_seg.training_state.v1"
 
@@ -76,21 +77,15 @@ def save_training_state(
         torch.save(payload, tmp)
 
 
-# Train-config keys that may change between a killed run and its restart without invalidating the checkpoint.
-RESUME_TOLERANT_KEYS = frozenset(
-    {"num_workers", "progress_bar", "log_period", "checkpoint_period", "tensorboard", "epochs", "max_iterations"}
-)
-
-
 def input_fingerprint(
     settings: Mapping[str, Any] | None = None, files: Mapping[str, str | os.PathLike | None] | None = None
 ) -> dict[str, Any]:
     """What a run depends on besides its train config, for deciding whether a checkpoint may be resumed: settings
-    (JSON-able values, e.g. the classifier or mosaic config) and input files by (size, modification time).
+    (JSON-able values, e.g. the classifier or mosaic config) and input files by content (SHA-256).
 
-    A file rewritten upstream (Snakemake rerunning the step that makes it) changes the fingerprint, so the run
-    starts over instead of continuing a checkpoint trained on the old data; a killed and restarted job sees the
-    same files and resumes.
+    A file rewritten upstream with other contents (new data, other repeat factors) changes the fingerprint, so the
+    run starts over instead of continuing a checkpoint trained on the old data; a file rewritten with the same bytes
+    (an upstream step rerun for a setting that does not change it) does not.
     """
     fingerprint: dict[str, Any] = {}
     for name, value in (settings or {}).items():
@@ -98,27 +93,44 @@ def input_fingerprint(
     for name, path in (files or {}).items():
         if path is None:
             fingerprint[f"file:{name}"] = None
-        elif not os.path.exists(path):
+        elif not os.path.isfile(path):
             fingerprint[f"file:{name}"] = [os.fspath(path), "missing"]
         else:
-            stat = os.stat(path)
-            fingerprint[f"file:{name}"] = [os.fspath(path), stat.st_size, stat.st_mtime_ns]
+            fingerprint[f"file:{name}"] = [os.fspath(path), file_sha256(path)]
     return fingerprint
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class CheckpointError(CorruptFileError):
+    """A training-state file cannot be read (truncated, corrupt, or another kind of file); the message names it."""
+
+
 def read_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a ``save_training_state`` file (raises a clear error for any other file)."""
-    payload = torch.load(Path(path), map_location=map_location, weights_only=False)
+    """Read a ``save_training_state`` file; a truncated, corrupt or foreign file raises ``CheckpointError``."""
+    try:
+        payload = load_torch_file(path, "training state file", "training restarts from scratch without it",
+                                  map_location=map_location)
+    except CorruptFileError as error:
+        raise CheckpointError(str(error)) from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a training-state checkpoint; delete it to train from scratch")
+        raise CheckpointError(f"{path} is not a training-state checkpoint; delete it to train from scratch")
     return payload
 
 
 def resume_mismatch(
     payload: dict[str, Any], model: nn.Module, train_cfg: dict[str, Any], fingerprint: Mapping[str, Any] | None = None
 ) -> str | None:
-    """Why a checkpoint belongs to a different experiment (model shapes, train config or, when given, the
-    ``input_fingerprint``: other settings or input files), or None if it fits."""
+    """Why continuing a checkpoint would not give the run ``train_cfg`` describes, or None if it would.
+
+    Differences that make it another run: model shapes; any train setting but the run settings
+    (``TrainConfig.RUN_SETTINGS``); a changed length (``epochs`` / ``max_iterations``) that the learning-rate
+    schedule depends on (cosine) or that ends before the checkpoint; and, when given, the ``input_fingerprint``.
+    """
     model = model.module if hasattr(model, "module") else model
     own = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     saved = {name: tuple(t.shape) for name, t in payload["model"].items()}
@@ -128,15 +140,42 @@ def resume_mismatch(
     old_cfg = payload.get("train_cfg", {})
     changed = sorted(
         key for key in set(old_cfg) | set(train_cfg)
-        if key not in RESUME_TOLERANT_KEYS and old_cfg.get(key) != train_cfg.get(key)
+        if key not in TrainConfig.RUN_SETTINGS and old_cfg.get(key) != train_cfg.get(key)
     )
+    fixed_length = set(changed) & schedule_length_keys(train_cfg)
+    changed = [key for key in changed if key not in LENGTH_KEYS or key in fixed_length]
     if changed:
         return "train config changed: " + ", ".join(f"{k} {old_cfg.get(k)!r} -> {train_cfg.get(k)!r}" for k in changed)
+    past_end = _past_end(TrainingProgress(**payload["progress"]), train_cfg)
+    if past_end:
+        return past_end
     if fingerprint is not None:
         old = payload.get("fingerprint", {})
         changed = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
         if changed:
             return "inputs changed: " + ", ".join(changed)
+    return None
+
+
+LENGTH_KEYS = ("epochs", "max_iterations")
+
+
+def schedule_length_keys(train_cfg: Mapping[str, Any]) -> set[str]:
+    """The length keys the learning-rate schedule depends on: a cosine decays over ``max_iterations`` when set,
+    else over ``epochs``; warmup, constant and epoch-step schedules do not depend on the run's length."""
+    if train_cfg.get("lr_schedule", "cosine") != "cosine":
+        return set()
+    return {"max_iterations"} if train_cfg.get("max_iterations") else {"epochs"}
+
+
+def _past_end(progress: TrainingProgress, train_cfg: Mapping[str, Any]) -> str | None:
+    """Why a checkpoint lies beyond where a run of ``train_cfg`` stops (a lowered length), or None."""
+    max_iterations = train_cfg.get("max_iterations")
+    if max_iterations and progress.iteration > max_iterations:
+        return f"the checkpoint is at iteration {progress.iteration}, past max_iterations={max_iterations}"
+    epochs = train_cfg.get("epochs")
+    if epochs is not None and (progress.epoch, progress.batch_in_epoch) > (epochs, 0):
+        return f"the checkpoint is in epoch {progress.epoch + 1}, past epochs={epochs}"
     return None
 
 

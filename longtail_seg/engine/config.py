@@ -9,12 +9,51 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.config_keys import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    is_int,
+    is_number,
+    reject_unknown_keys,
+)
 
 TRAIN_SAMPLERS = ("uniform", "repeat_factor")
 RETRAIN_SAMPLERS = ("class_aware", "repeat_factor", "uniform")
 OPTIMIZERS = ("sgd", "adamw")
 NAMED_LR_SCHEDULES = ("cosine", "constant")
+
+# The type and range of every scalar key: (check, bounds). Messages read "SECTION.KEY must be ..., got VALUE".
+_POSITIVE = {"minimum": 0, "exclusive_minimum": True}
+TRAIN_VALUE_CHECKS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "batch_size": (check_int, {"minimum": 1}),
+    "epochs": (check_int, {"minimum": 0}),
+    "max_iterations": (check_int, {"minimum": 1, "allow_none": True}),
+    "lr": (check_number, _POSITIVE),
+    "weight_decay": (check_number, {"minimum": 0}),
+    "momentum": (check_number, {"minimum": 0, "maximum": 1, "exclusive_maximum": True}),
+    "warmup_iters": (check_int, {"minimum": 0}),
+    "warmup_factor": (check_number, {"minimum": 0, "maximum": 1, "exclusive_minimum": True}),
+    "min_lr": (check_number, {"minimum": 0}),
+    "grad_clip_norm": (check_number, {**_POSITIVE, "allow_none": True}),
+    "max_size": (check_int, {"minimum": 1}),
+    "flip_prob": (check_number, {"minimum": 0, "maximum": 1}),
+    "mosaic": (check_bool, {}),
+    "num_workers": (check_int, {"minimum": 0}),
+    "checkpoint_period": (check_int, {"minimum": 1}),
+    "log_period": (check_int, {"minimum": 1}),
+    "seed": (check_int, {"minimum": 0}),
+    "amp": (check_bool, {}),
+    "tensorboard": (check_bool, {}),
+    "find_unused_parameters": (check_bool, {}),
+    "progress_bar": (check_bool, {}),
+}
+RETRAIN_VALUE_CHECKS = {
+    **TRAIN_VALUE_CHECKS,
+    "images_per_category": (check_int, {"minimum": 1}),
+    "rois_per_image": (check_int, {"minimum": 1, "allow_none": True}),
+}
 
 
 @dataclass
@@ -23,6 +62,13 @@ class TrainConfig:
 
     SECTION: ClassVar[str] = "train"  # the config section, for error messages
     SAMPLERS: ClassVar[tuple[str, ...]] = TRAIN_SAMPLERS
+    VALUE_CHECKS: ClassVar[dict[str, tuple[Any, dict[str, Any]]]] = TRAIN_VALUE_CHECKS
+    # How a run is carried out, not what it computes: changing one keeps a checkpoint resumable and reruns no job
+    # (the workflow passes them apart from the job's tracked parameters). Samples are seeded by their position in
+    # the epoch, so the number of loader workers does not change the data either.
+    RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "num_workers", "checkpoint_period", "log_period", "progress_bar", "tensorboard",
+    )
 
     sampler: str = "repeat_factor"  # uniform | repeat_factor (image-level sampler of representation learning)
     batch_size: int = 8  # images per step per process
@@ -69,20 +115,25 @@ class TrainConfig:
         return config
 
     def validate(self, section: str | None = None) -> None:
-        """Reject values that would fail later, with the key's path."""
+        """Reject values of the wrong type or out of range, and values that would fail later, naming the key's
+        path (``section``: ``retrain``, ``models.bgs.retrain``, ...)."""
         section = section or self.SECTION
-        positive = {"batch_size": self.batch_size, "checkpoint_period": self.checkpoint_period,
-                    "log_period": self.log_period, "lr": self.lr}
-        for key, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{section}.{key} must be > 0, got {value}")
-        if self.epochs < 1 and not self.max_iterations:
-            raise ValueError(f"{section}.epochs must be >= 1 (or set {section}.max_iterations)")
-        if self.sampler not in self.SAMPLERS:
-            raise ValueError(f"{section}.sampler must be one of {list(self.SAMPLERS)}, got {self.sampler!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"{section}.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_choice(f"{section}.sampler", self.sampler, self.SAMPLERS)
+        check_choice(f"{section}.optimizer", self.optimizer, OPTIMIZERS)
+        for key, (check, bounds) in self.VALUE_CHECKS.items():
+            check(f"{section}.{key}", getattr(self, key), **bounds)
+        check_min_size_range(self.min_size_range, f"{section}.min_size_range")
+        if self.epochs < 1 and self.max_iterations is None:
+            raise ValueError(f"{section}.epochs must be >= 1 (or set {section}.max_iterations), got {self.epochs!r}")
         check_lr_schedule(self.lr_schedule, f"{section}.lr_schedule")
+
+    def run_settings(self) -> dict[str, Any]:
+        """The ``RUN_SETTINGS`` values: how the job runs (loader workers, logging, checkpoint period)."""
+        return {key: getattr(self, key) for key in self.RUN_SETTINGS}
+
+    def computed_settings(self) -> dict[str, Any]:
+        """``used_settings`` without the run settings: what decides the trained weights (the job's parameters)."""
+        return {key: value for key, value in self.used_settings().items() if key not in self.RUN_SETTINGS}
 
     def used_settings(self) -> dict[str, Any]:
         """The keys this run reads, so a job's parameters change only when its own training would: momentum only
@@ -109,6 +160,7 @@ class RetrainConfig(TrainConfig):
 
     SECTION: ClassVar[str] = "retrain"
     SAMPLERS: ClassVar[tuple[str, ...]] = RETRAIN_SAMPLERS
+    VALUE_CHECKS: ClassVar[dict[str, tuple[Any, dict[str, Any]]]] = RETRAIN_VALUE_CHECKS
 
     sampler: str = "repeat_factor"  # repeat_factor | class_aware | uniform
     batch_size: int = 16
@@ -118,15 +170,6 @@ class RetrainConfig(TrainConfig):
     num_workers: int = 0  # the light retraining step runs faster without a loader process on 2 cores
     images_per_category: int = 5  # class_aware only: images drawn per category each epoch (the report's k)
     rois_per_image: int | None = None  # RoIs sampled per image for the classifier loss (null: the model's own)
-
-    def validate(self, section: str | None = None) -> None:
-        """Stage-1 checks plus ``images_per_category`` and ``rois_per_image``."""
-        section = section or self.SECTION
-        super().validate(section)
-        if self.images_per_category < 1:
-            raise ValueError(f"{section}.images_per_category must be >= 1, got {self.images_per_category}")
-        if self.rois_per_image is not None and self.rois_per_image < 1:
-            raise ValueError(f"{section}.rois_per_image must be >= 1 or null, got {self.rois_per_image}")
 
     def used_settings(self) -> dict[str, Any]:
         """``TrainConfig.used_settings``; ``images_per_category`` only with the class-aware sampler."""
@@ -142,7 +185,7 @@ def check_lr_schedule(lr_schedule: Any, key: str) -> None:
         if lr_schedule in NAMED_LR_SCHEDULES:
             return
     elif isinstance(lr_schedule, (list, tuple)) and lr_schedule and all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and _number(p[0]) and p[0] >= 0 and _number(p[1]) and p[1] > 0
+        isinstance(p, (list, tuple)) and len(p) == 2 and is_number(p[0]) and p[0] >= 0 and is_number(p[1]) and p[1] > 0
         for p in lr_schedule
     ):
         return
@@ -150,5 +193,11 @@ def check_lr_schedule(lr_schedule: Any, key: str) -> None:
                      f"got {lr_schedule!r}")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def check_min_size_range(value: Any, key: str) -> None:
+    """``min_size_range`` is a short side >= 1 or a [lo, hi] pair of them with lo <= hi; else raise."""
+    if is_int(value) and value >= 1:
+        return
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) and v >= 1 for v in value) \
+            and value[0] <= value[1]:
+        return
+    raise ValueError(f"{key} must be an integer >= 1 or a [lo, hi] pair of them with lo <= hi, got {value!r}")

@@ -34,8 +34,9 @@ from torch.utils.data import Dataset
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import RetrainConfig
 from longtail_seg.engine.train import TrainResult, train
+from longtail_seg.io_utils import load_torch_file
 from longtail_seg.models.classifiers import build_classifier
-from longtail_seg.models.detector import Detector, load_detector, save_checkpoint
+from longtail_seg.models.detector import REWRITE_DETECTOR, Detector, load_detector, save_checkpoint
 from longtail_seg.runtime import seed_everything
 
 LOGGER = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def retrain_classifier(
 
 def checkpoint_category_ids(checkpoint_path: str | os.PathLike) -> list[int]:
     """Dataset category ids of a detector checkpoint, in label order (label k = ids[k - 1])."""
-    payload = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    payload = load_torch_file(checkpoint_path, "detector checkpoint", REWRITE_DETECTOR)
     if not isinstance(payload, dict) or "category_ids" not in payload:
         raise ValueError(f"{checkpoint_path} is not a detector checkpoint (no category_ids); use a model_final.pth")
     return [int(c) for c in payload["category_ids"]]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from longtail_seg.engine.checkpoint import (
+    CheckpointError,
     TrainingProgress,
     apply_training_state,
     read_training_state,
@@ -36,6 +38,7 @@ from longtail_seg.engine.checkpoint import (
     save_training_state,
 )
 from longtail_seg.engine.config import TrainConfig
+from longtail_seg.engine.run_lock import run_directory_lock
 from longtail_seg.engine.schedule import LRSchedule, build_optimizer
 from longtail_seg.io_utils import atomic_write_text
 from longtail_seg.runtime import distributed_rank_and_size, resolve_device, seed_everything
@@ -91,16 +94,17 @@ def train(
         cfg.lr_schedule, base_lr=cfg.lr, epochs=cfg.epochs, max_iterations=cfg.max_iterations,
         warmup_iters=cfg.warmup_iters, warmup_factor=cfg.warmup_factor, min_lr=cfg.min_lr,
     )
-    progress = _resume_if_possible(out_dir / LAST_CHECKPOINT, model, optimizer, device, rank, cfg, fingerprint)
-    resumed_from = progress.iteration
-    train_model = _wrap_ddp(model, device, cfg) if world_size > 1 else model
-    loop = _TrainLoop(train_model, optimizer, schedule, cfg, out_dir, device, rank, fingerprint)
-    loop.run(dataset, sampler, progress, collate_fn or _default_collate())
     final_path = out_dir / FINAL_MODEL
-    if rank == 0:
-        _save_final(model, final_path, model_cfg, category_ids, dataset, progress)
-    if world_size > 1:
-        dist.barrier()
+    with run_directory_lock(out_dir) if rank == 0 else contextlib.nullcontext():  # one writer per run directory
+        progress = _resume_if_possible(out_dir / LAST_CHECKPOINT, model, optimizer, device, rank, cfg, fingerprint)
+        resumed_from = progress.iteration
+        train_model = _wrap_ddp(model, device, cfg) if world_size > 1 else model
+        loop = _TrainLoop(train_model, optimizer, schedule, cfg, out_dir, device, rank, fingerprint)
+        loop.run(dataset, sampler, progress, collate_fn or _default_collate())
+        if rank == 0:
+            _save_final(model, final_path, model_cfg, category_ids, dataset, progress)
+        if world_size > 1:
+            dist.barrier()
     return TrainResult(progress.iteration, progress.epoch, resumed_from, final_path, out_dir / METRICS_CSV)
 
 
@@ -122,15 +126,14 @@ def _resume_if_possible(
     """
     if not path.exists():
         return TrainingProgress()
-    payload = read_training_state(path, map_location=device)
+    try:
+        payload = read_training_state(path, map_location=device)
+    except CheckpointError as error:
+        _set_aside(path, "last.corrupt.pth", str(error), rank)
+        return TrainingProgress()
     mismatch = resume_mismatch(payload, model, asdict(cfg), fingerprint)
     if mismatch is not None:
-        _, world_size = distributed_rank_and_size()
-        if world_size > 1:
-            dist.barrier()  # every rank has read the file before rank 0 moves it
-        if rank == 0:
-            LOGGER.warning("not resuming from %s: %s; moved to last.stale.pth, training from scratch", path, mismatch)
-            os.replace(path, path.with_name("last.stale.pth"))
+        _set_aside(path, "last.stale.pth", f"not resuming from {path}: {mismatch}", rank)
         return TrainingProgress()
     progress = apply_training_state(payload, model, optimizer, restore_rng=rank == 0)
     if rank != 0:
@@ -138,6 +141,16 @@ def _resume_if_possible(
     if rank == 0:
         LOGGER.info("resuming from %s at iteration %d (epoch %d)", path, progress.iteration, progress.epoch)
     return progress
+
+
+def _set_aside(path: Path, new_name: str, reason: str, rank: int) -> None:
+    """Move a checkpoint that cannot be resumed to ``new_name`` (kept for inspection), once every rank read it."""
+    _, world_size = distributed_rank_and_size()
+    if world_size > 1:
+        dist.barrier()  # every rank has read the file before rank 0 moves it
+    if rank == 0:
+        LOGGER.warning("%s; moved to %s, training from scratch", reason, new_name)
+        os.replace(path, path.with_name(new_name))
 
 
 def _wrap_ddp(model: nn.Module, device: torch.device, cfg: TrainConfig) -> nn.Module:
@@ -236,12 +249,13 @@ class _TrainLoop:
         if num_batches == 0:
             raise ValueError(
                 f"epoch {progress.epoch} has {len(indices)} images on this process, fewer than "
-                f"train.batch_size={self.cfg.batch_size}; lower the batch size"
+                f"{self.cfg.SECTION}.batch_size={self.cfg.batch_size}; lower the batch size"
             )
-        remaining = indices[progress.batch_in_epoch * self.cfg.batch_size : num_batches * self.cfg.batch_size]
+        samples = SeededSamples(dataset, indices, (self.cfg.seed, progress.epoch, self.rank))
+        remaining = range(progress.batch_in_epoch * self.cfg.batch_size, num_batches * self.cfg.batch_size)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + progress.epoch * 101 + self.rank)
         loader = DataLoader(
-            dataset, batch_size=self.cfg.batch_size, sampler=remaining, num_workers=self.cfg.num_workers,
+            samples, batch_size=self.cfg.batch_size, sampler=remaining, num_workers=self.cfg.num_workers,
             collate_fn=collate_fn, drop_last=True, pin_memory=self.device.type == "cuda", generator=generator,
             persistent_workers=False,
         )
@@ -258,7 +272,7 @@ class _TrainLoop:
         names = [*loss_dict, "loss"]
         numbers = torch.stack([*(v.detach().float() for v in loss_dict.values()), total.detach().float()]).tolist()
         values = dict(zip(names, numbers))  # one device sync for all terms
-        _fail_on_nonfinite(values, progress, self.out_dir / LAST_CHECKPOINT)
+        _fail_on_nonfinite(values, progress, self.out_dir / LAST_CHECKPOINT, self.cfg.SECTION)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.grad_clip_norm:
@@ -298,11 +312,33 @@ class _TrainLoop:
             write_metrics_csv(self.out_dir / METRICS_CSV, progress.log_rows)
 
 
+class SeededSamples(Dataset):
+    """An epoch's samples by position; each is loaded under its own torch random stream, seeded by ``key`` (seed,
+    epoch, rank) and its position, so its augmentation is the same whichever loader worker draws it and wherever a
+    run resumes (the global stream, which the model's own sampling uses, is left as it was)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], key: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.key = [int(k) for k in key]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Any:
+        seed = int(np.random.SeedSequence([*self.key, position]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[self.indices[position]]
+
+
 def _to_device(value: Any, device: torch.device) -> Any:
     return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
-def _fail_on_nonfinite(values: dict[str, float], progress: TrainingProgress, checkpoint: Path) -> None:
+def _fail_on_nonfinite(
+    values: dict[str, float], progress: TrainingProgress, checkpoint: Path, section: str = "train"
+) -> None:
     """Stop with a message naming the iteration and the loss term when a loss is NaN or infinite (all ranks)."""
     bad = [name for name, value in values.items() if name != "loss" and not math.isfinite(value)]
     if not bad and not math.isfinite(values["loss"]):
@@ -316,8 +352,8 @@ def _fail_on_nonfinite(values: dict[str, float], progress: TrainingProgress, che
     where = f"on this rank: {', '.join(bad)}" if bad else "on another rank"
     raise FloatingPointError(
         f"non-finite loss at iteration {progress.iteration} (0-based; epoch {progress.epoch}), {where} [{terms}]. "
-        f"Training stopped; the last good state is {checkpoint} (if any). Lower train.lr, raise "
-        "train.warmup_iters, set train.grad_clip_norm, or check the annotations for degenerate boxes."
+        f"Training stopped; the last good state is {checkpoint} (if any). Lower {section}.lr, raise "
+        f"{section}.warmup_iters, set {section}.grad_clip_norm, or check the annotations for degenerate boxes."
     )
 
 
@@ -358,6 +394,6 @@ def _open_tensorboard(out_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        LOGGER.warning("train.tensorboard is true but the tensorboard package is not installed; logging to CSV only")
+        LOGGER.warning("tensorboard is true but the tensorboard package is not installed; logging to CSV only")
         return None
     return SummaryWriter(str(out_dir / "tensorboard"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -17,53 +16,87 @@ from typing import Any
 
 import hotcoco
 
-from longtail_seg.io_utils import atomic_write_json
+from longtail_seg.config_keys import is_int, is_number
+from longtail_seg.io_utils import atomic_write_json, load_json_file
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 IOU_TYPES = ("bbox", "segm")
 LVIS_MAX_DETS_PER_IMAGE = 300
 
 Results = str | os.PathLike | list
+# What to do about a broken predictions file (the error names the file and the result).
+RERUN_INFERENCE = ("rerun inference: delete the predictions file and rerun the `infer` job that writes it "
+                   "(`snakemake --cores all` rebuilds a missing file; by hand: workflow_scripts/infer.py)")
+IN_MEMORY = "predictions (in memory)"  # how a list of results passed directly is named
 
 
 def load_results(results: Results) -> list[dict]:
-    """Return the result dicts of a results JSON path, or the list itself."""
+    """Return the result dicts of a results JSON path, or the list itself. A missing, truncated or non-list file
+    raises naming the file and the fix."""
     if isinstance(results, list):
         return results
     path = Path(results)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist; run inference first")
-    with open(path) as f:
-        loaded = json.load(f)
+    loaded = load_json_file(path, "predictions file", RERUN_INFERENCE)
     if not isinstance(loaded, list):
-        raise ValueError(f"{path}: LVIS results must be a JSON list of detection dicts, got {type(loaded).__name__}")
+        raise ValueError(f"{path}: LVIS results must be a JSON list of detection dicts, got "
+                         f"{type(loaded).__name__}; {RERUN_INFERENCE}")
     return loaded
 
 
 def _check_results(results: list[dict], gt: Any, iou_types: Iterable[str], source: str) -> None:
-    """Fail early, naming the record, on detections hotcoco would silently drop or reject."""
+    """Fail early, naming the predictions file (``source``), the result's index and the fix, on detections hotcoco
+    would silently drop, reject or crash on."""
     images, category_ids = gt.imgs, set(gt.get_cat_ids())
     needs_segm = "segm" in iou_types
     for index, result in enumerate(results):
+        where = f"{source}: result {index}"  # 0-based, as in the JSON list
+        if not isinstance(result, dict):
+            raise ValueError(f"{where} is a {type(result).__name__} ({_short(result)}), not a detection dict "
+                             f"with image_id, category_id, bbox, score; {RERUN_INFERENCE}")
         missing = {"image_id", "category_id", "bbox", "score"} - set(result)
         if needs_segm:
             missing |= {"segmentation"} - set(result)
         if missing:
-            fix = " (segm evaluation needs masks: run inference with masks or use --iou-types bbox)" \
-                if "segmentation" in missing else ""
-            raise ValueError(f"{source}: result {index} lacks {sorted(missing)}{fix}")
+            fix = ("segm evaluation needs masks: run inference with masks or use --iou-types bbox"
+                   if missing == {"segmentation"} else RERUN_INFERENCE)
+            raise ValueError(f"{where} lacks {sorted(missing)}; {fix}")
+        for key in ("image_id", "category_id"):
+            if not is_int(result[key]):
+                raise ValueError(f"{where} has {key} {result[key]!r}, not an integer id; {RERUN_INFERENCE}")
+        if not is_number(result["score"]):
+            raise ValueError(f"{where} has score {result['score']!r}, not a finite number; {RERUN_INFERENCE}")
+        bbox = result["bbox"]
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
+            raise ValueError(f"{where} has bbox {_short(bbox)}, not [x, y, width, height] numbers; "
+                             f"{RERUN_INFERENCE}")
         image = images.get(result["image_id"])
         if image is None:
-            raise ValueError(f"{source}: result {index} has image_id {result['image_id']} that is not in the "
-                             "ground truth; predictions and annotations come from different splits")
-        size = result.get("segmentation", {}).get("size") if needs_segm else None
+            raise ValueError(f"{where} has image_id {result['image_id']} that is not in the ground truth; "
+                             "predictions and annotations come from different splits (evaluate against the "
+                             "annotations the predictions were made on, or rerun inference on this split)")
+        segmentation = result.get("segmentation") if needs_segm else None
+        if needs_segm and not (isinstance(segmentation, dict) and "counts" in segmentation
+                               or isinstance(segmentation, list)):
+            raise ValueError(f"{where} has segmentation {_short(segmentation)}, not an RLE dict with size and "
+                             f"counts (or polygons); {RERUN_INFERENCE}")
+        size = segmentation.get("size") if isinstance(segmentation, dict) else None
         if size is not None and list(size) != [image["height"], image["width"]]:
-            raise ValueError(f"{source}: result {index} has a {size[0]}x{size[1]} mask on image "
+            raise ValueError(f"{where} has a {size[0]}x{size[1]} mask on image "
                              f"{result['image_id']} of {image['height']}x{image['width']}; encode masks at the "
                              "original image size (pass scale= to detections_to_lvis_results)")
         if result["category_id"] not in category_ids:
-            raise ValueError(f"{source}: result {index} has category_id {result['category_id']} that is not "
-                             "in the ground truth categories; check the label -> category id mapping")
+            raise ValueError(f"{where} has category_id {result['category_id']} that is not in the ground truth "
+                             "categories; the predictions come from a model of another dataset, or the label -> "
+                             "category id mapping is wrong (evaluate against the annotations the model was trained "
+                             f"with, or {RERUN_INFERENCE})")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters, for an error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _percent(value: float) -> float | None:
@@ -107,13 +140,15 @@ def evaluate_lvis(
     results: Results,
     iou_types: Iterable[str] = IOU_TYPES,
     max_dets: int = LVIS_MAX_DETS_PER_IMAGE,
+    source: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Evaluate LVIS results against an LVIS-format ground truth; returns {iou_type: {AP, ..., APf}} in percent.
 
     ``gt_json_path`` is a path or a dataset from :func:`load_ground_truth`. Follows the federated protocol:
     detections of a category neither annotated nor in an image's ``neg_category_ids`` are ignored, unmatched
     ones of ``not_exhaustive_category_ids`` are not false positives, and each image keeps its ``max_dets``
-    highest-scoring detections.
+    highest-scoring detections. ``source`` names the predictions in error messages (default: the path of
+    ``results``, or "predictions (in memory)" for a list): pass the file a list was loaded from.
     """
     iou_types = tuple(iou_types)
     unknown = set(iou_types) - set(IOU_TYPES)
@@ -121,7 +156,9 @@ def evaluate_lvis(
         raise ValueError(f"unknown iou types {sorted(unknown)}; choose from {IOU_TYPES}")
     is_path = isinstance(gt_json_path, (str, os.PathLike))
     gt = load_ground_truth(gt_json_path) if is_path else gt_json_path
-    source = str(results) if not isinstance(results, list) else "results"
+    if source is None:
+        source = IN_MEMORY if isinstance(results, list) else results
+    source = str(source)
     results = load_results(results)
     _check_results(results, gt, iou_types, source)
     return {iou_type: _evaluate_one(gt, results, iou_type, int(max_dets)) for iou_type in iou_types}

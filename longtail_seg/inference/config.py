@@ -7,11 +7,20 @@ tells which inference path (``inference/predict.py`` or ``inference/tta.py``) an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.config_keys import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    is_int,
+    is_number,
+    reject_unknown_keys,
+)
 
 LVIS_MAX_DETS_PER_IMAGE = 300
 MERGE_METHODS = ("nms", "soft_nms")
@@ -19,6 +28,18 @@ SOFT_NMS_METHODS = ("linear", "gaussian")
 # Keys that only the multi-scale path (inference/tta.py) reads; the first five select it when away from their default.
 MULTI_SCALE_SELECTORS = ("scales", "flip", "merge", "scale_ranges", "mask_voting")
 MULTI_SCALE_KEYS = (*MULTI_SCALE_SELECTORS, "merge_iou", "soft_nms_method")
+# The type and range of every scalar key: (check, bounds). Messages read "SECTION: KEY must be ..., got VALUE".
+VALUE_CHECKS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "min_size": (check_int, {"minimum": 1}),
+    "max_size": (check_int, {"minimum": 1}),
+    "batch_size": (check_int, {"minimum": 1}),
+    "num_workers": (check_int, {"minimum": 0}),
+    "max_dets": (check_int, {"minimum": 1}),
+    "mask_threshold": (check_number, {"minimum": 0, "maximum": 1}),
+    "flip": (check_bool, {}),
+    "merge_iou": (check_number, {"minimum": 0, "maximum": 1}),
+    "mask_voting": (check_bool, {}),
+}
 
 
 @dataclass(frozen=True)
@@ -48,29 +69,28 @@ class TestConfig:
         reject_unknown_keys(section, cfg, (f.name for f in fields(cls)))
         cfg = dict(cfg)
         if cfg.get("scales") is not None:
+            _check_scales(cfg["scales"], section)
             cfg["scales"] = tuple(int(s) for s in cfg["scales"])
         if cfg.get("scale_ranges") is not None:
+            _check_scale_ranges(cfg["scale_ranges"], section)
             cfg["scale_ranges"] = tuple((float(lo), float(hi)) for lo, hi in cfg["scale_ranges"])
         config = cls(**cfg)
         config.validate(section)
         return config
 
     def validate(self, section: str = "test config") -> None:
-        """Settings that cannot work raise with the key."""
-        if self.scales is not None and (not self.scales or min(self.scales) < 1):
-            raise ValueError(f"{section}: scales must be a non-empty list of positive short sides, got {self.scales}")
-        if self.merge not in MERGE_METHODS:
-            raise ValueError(f"{section}: merge must be one of {list(MERGE_METHODS)}, got {self.merge!r}")
-        if self.soft_nms_method not in SOFT_NMS_METHODS:
-            raise ValueError(f"{section}: soft_nms_method must be one of {list(SOFT_NMS_METHODS)}, "
-                             f"got {self.soft_nms_method!r}")
+        """Values of the wrong type or out of range, and settings that cannot work, raise with the key."""
+        for key, (check, bounds) in VALUE_CHECKS.items():
+            check(f"{section}: {key}", getattr(self, key), **bounds)
+        if self.scales is not None:
+            _check_scales(self.scales, section)
+        check_choice(f"{section}: merge", self.merge, MERGE_METHODS)
+        check_choice(f"{section}: soft_nms_method", self.soft_nms_method, SOFT_NMS_METHODS)
+        if self.scale_ranges is not None:
+            _check_scale_ranges(self.scale_ranges, section)
         if self.scale_ranges is not None and len(self.scale_ranges) != len(self.test_scales):
             raise ValueError(f"{section}: scale_ranges needs one [min, max] per scale ({len(self.test_scales)} "
                              f"scales: {list(self.test_scales)}), got {len(self.scale_ranges)}")
-        for index, (low, high) in enumerate(self.scale_ranges or ()):
-            if not 0 <= low < high:
-                raise ValueError(f"{section}: scale_ranges[{index}] must be [min, max) with 0 <= min < max, "
-                                 f"got [{low}, {high}]")
 
     @property
     def multi_scale(self) -> bool:
@@ -102,6 +122,26 @@ class TestConfig:
         if self.merge != "soft_nms":
             settings.pop("soft_nms_method")
         return _plain(settings)
+
+
+def _check_scales(scales: Any, section: str) -> None:
+    """``scales`` is a non-empty list of short sides >= 1; else raise naming ``section``."""
+    if not isinstance(scales, (list, tuple)) or not scales or not all(is_int(s) and s >= 1 for s in scales):
+        raise ValueError(f"{section}: scales must be a non-empty list of positive integer short sides or null, "
+                         f"got {_plain(scales)!r}")
+
+
+def _check_scale_ranges(scale_ranges: Any, section: str) -> None:
+    """``scale_ranges`` is a list of [min, max) pairs of numbers with 0 <= min < max (max may be .inf); else raise
+    naming ``section`` and the entry."""
+    if not isinstance(scale_ranges, (list, tuple)):
+        raise ValueError(f"{section}: scale_ranges must be a list of [min, max] pairs (one per scale) or null, "
+                         f"got {_plain(scale_ranges)!r}")
+    for index, pair in enumerate(scale_ranges):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and is_number(pair[0])
+                and (is_number(pair[1]) or pair[1] == math.inf) and 0 <= pair[0] < pair[1]):
+            raise ValueError(f"{section}: scale_ranges[{index}] must be [min, max) with 0 <= min < max, "
+                             f"got {_plain(pair)!r}")
 
 
 def _plain(value: Any) -> Any:

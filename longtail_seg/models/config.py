@@ -7,7 +7,14 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from longtail_seg.config_keys import reject_unknown_keys
+from longtail_seg.config_keys import (
+    check_bool,
+    check_int,
+    check_number,
+    is_int,
+    is_number,
+    reject_unknown_keys,
+)
 from longtail_seg.models.registry import ROI_HEADS, check_classifier_config
 
 BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "resnext101_32x8d")
@@ -51,6 +58,44 @@ DEFAULT_MODEL_CFG: dict[str, Any] = {
 }
 
 
+# The type and range of every scalar key: (check, bounds). Messages read "SECTION.KEY must be ..., got VALUE".
+_POSITIVE_INT = (check_int, {"minimum": 1})
+_FRACTION = (check_number, {"minimum": 0, "maximum": 1})
+MODEL_VALUE_CHECKS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "pretrained_backbone": (check_bool, {}),
+    "trainable_backbone_layers": (check_int, {"minimum": 0, "maximum": 5, "allow_none": True}),
+    "tiny_stem_channels": _POSITIVE_INT,
+    "fpn_channels": _POSITIVE_INT,
+    "rpn_pre_nms_top_n_train": _POSITIVE_INT,
+    "rpn_post_nms_top_n_train": _POSITIVE_INT,
+    "rpn_pre_nms_top_n_test": _POSITIVE_INT,
+    "rpn_post_nms_top_n_test": _POSITIVE_INT,
+    "rpn_nms_thresh": _FRACTION,
+    "rpn_batch_size_per_image": _POSITIVE_INT,
+    "box_batch_size_per_image": _POSITIVE_INT,
+    "box_positive_fraction": _FRACTION,
+    "box_head_dim": _POSITIVE_INT,
+    "roi_sampling_ratio": (check_int, {"minimum": 0}),
+    "mask_head_channels": _POSITIVE_INT,
+    "mask_head_layers": _POSITIVE_INT,
+    "internal_resize": (check_bool, {}),
+    "min_size": _POSITIVE_INT,
+    "max_size": _POSITIVE_INT,
+    "box_detections_per_img": _POSITIVE_INT,
+    "box_score_thresh": _FRACTION,
+    "box_nms_thresh": _FRACTION,
+}
+# The list keys: (what each item must be, its test, the list's length or None for any non-empty length).
+MODEL_LIST_CHECKS: dict[str, tuple[str, Any, int | None]] = {
+    "tiny_stage_channels": ("integers >= 1", lambda v: is_int(v) and v >= 1, None),
+    "anchor_sizes": ("numbers > 0", lambda v: is_number(v) and v > 0, None),  # or null (by backbone)
+    "anchor_aspect_ratios": ("numbers > 0", lambda v: is_number(v) and v > 0, None),
+    "roi_feature_levels": ("FPN level names (strings such as \"0\")", lambda v: isinstance(v, str), None),
+    "image_mean": ("numbers", is_number, 3),
+    "image_std": ("numbers > 0", lambda v: is_number(v) and v > 0, 3),
+}
+
+
 def num_feature_levels(backbone: str, tiny_stage_channels: tuple[int, ...] = (48, 96, 192)) -> int:
     """Number of FPN maps (including "pool") the backbone returns: one anchor size per level."""
     return (len(tiny_stage_channels) if backbone == "tiny" else 4) + 1
@@ -72,7 +117,18 @@ def resolve_model_cfg(model_cfg: Mapping[str, Any] | None, section: str = "model
 
 def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
     """Cross-key checks of a complete model config: known backbone, norm and RoI heads, a valid classifier, and one
-    anchor size per FPN level."""
+    anchor size per FPN level; every value of the right type and in range."""
+    for key, (check, bounds) in MODEL_VALUE_CHECKS.items():
+        check(f"{section}.{key}", cfg[key], **bounds)
+    for key, (items, test, length) in MODEL_LIST_CHECKS.items():
+        value = cfg[key]
+        if key == "anchor_sizes" and value is None:
+            continue
+        if not isinstance(value, (list, tuple)) or not value or not all(test(v) for v in value) \
+                or (length is not None and len(value) != length):
+            size = f"{length}" if length is not None else "a non-empty list of"
+            null = " or null" if key == "anchor_sizes" else ""
+            raise ValueError(f"{section}.{key} must be {size} {items}{null}, got {value!r}")
     if cfg["backbone"] not in BACKBONES:
         raise ValueError(f"{section}.backbone: unknown backbone {cfg['backbone']!r}; choose one of {list(BACKBONES)}")
     if cfg["norm"] not in NORMS:
@@ -87,3 +143,13 @@ def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
             f"{section}.anchor_sizes has {len(cfg['anchor_sizes'])} entries but backbone {cfg['backbone']!r} "
             f"has {levels} FPN levels; give one size per level (fine to coarse) or null"
         )
+    check_roi_feature_levels(cfg["roi_feature_levels"], levels, section)
+
+
+def check_roi_feature_levels(roi_levels: Any, num_levels: int, section: str = "model") -> None:
+    """RoIAlign pools from consecutive FPN maps, fine to coarse, named "0".."k-2" and "pool" (the last)."""
+    names = [str(level) for level in range(num_levels - 1)] + ["pool"]
+    positions = [names.index(name) if name in names else None for name in roi_levels or []]
+    if not positions or None in positions or positions != list(range(positions[0], positions[0] + len(positions))):
+        raise ValueError(f"{section}.roi_feature_levels must be consecutive FPN maps, fine to coarse, from "
+                         f"{names}; got {roi_levels!r}")

@@ -20,7 +20,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from longtail_seg.io_utils import atomic_path
+from longtail_seg.io_utils import CorruptFileError, atomic_path, load_torch_file
 from longtail_seg.models.backbones import build_backbone
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.roi_heads import build_roi_heads
@@ -208,6 +208,12 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
+# What to do about an unreadable model_final.pth (the error names the file).
+REWRITE_DETECTOR = ("delete it and rerun the job that writes it: `snakemake --cores all` rebuilds a missing "
+                    "model_final.pth (rule train_representation, retrain_classifier or combine_classifiers), or rerun "
+                    "workflow_scripts/train.py / retrain.py / combine_classifiers.py by hand")
+
+
 def load_detector(checkpoint_path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild a detector from a ``save_checkpoint`` file -> (model in eval mode, meta dict).
 
@@ -215,7 +221,10 @@ def load_detector(checkpoint_path: str | os.PathLike, map_location: str | torch.
     """
     if not os.path.exists(checkpoint_path):
         raise FileNotFoundError(f"detector checkpoint {checkpoint_path} does not exist; train the model first")
-    payload = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
+    payload = load_torch_file(checkpoint_path, "detector checkpoint", REWRITE_DETECTOR, map_location=map_location)
+    if not isinstance(payload, dict):
+        raise CorruptFileError(f"{checkpoint_path} is not a detector checkpoint (it holds a "
+                               f"{type(payload).__name__}, not a dict); use a model_final.pth written by training")
     missing = {"model", "model_cfg", "category_ids"} - set(payload)
     if missing:
         raise ValueError(
@@ -225,7 +234,12 @@ def load_detector(checkpoint_path: str | os.PathLike, map_location: str | torch.
     num_classes = payload.get("num_classes", len(payload["category_ids"]))
     # weights come from the file: never download ImageNet weights again for a trained model
     model = build_detector(dict(payload["model_cfg"], pretrained_backbone=False), num_classes)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CorruptFileError(f"{checkpoint_path}: its weights do not fit the model its own model_cfg builds "
+                               f"({' '.join(str(error).split())[:300]}); the file is corrupt or from another "
+                               f"version of this code; {REWRITE_DETECTOR}") from error
     model.to(map_location).eval()
     meta = {key: value for key, value in payload.items() if key != "model"}
     meta["num_classes"] = num_classes

@@ -19,6 +19,7 @@ classifier a separate module (``models/classifiers.py``). Heads are chosen by ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,12 +32,31 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
+from torchvision.ops.poolers import initLevelMapper
 
+from longtail_seg.models.backbones import feature_strides
 from longtail_seg.models.classifiers import build_classifier
 
 Targets = list[dict[str, torch.Tensor]]
 # Target entries with one row per instance (the rest, e.g. image_id or mosaic_tiles, describe the image).
 PER_INSTANCE_TARGET_KEYS = ("boxes", "labels", "masks", "area", "scores")
+
+
+def roi_align_with_fixed_scales(
+    levels: Sequence[str], output_size: int, sampling_ratio: int, strides: Sequence[int]
+) -> MultiScaleRoIAlign:
+    """torchvision's MultiScaleRoIAlign with its feature scales set from the backbone's ``strides``.
+
+    Left unset, torchvision infers the scales from the first batch a process sees and keeps them: a small first
+    batch (after a resume, in retraining, a TTA view) whose padding is large against its size rounds 1/4 to 1/2
+    and every later RoI is pooled from the wrong place. FPN level "k" has stride ``strides[k]``, "pool" the last.
+    """
+    pool = MultiScaleRoIAlign(list(levels), output_size, sampling_ratio)
+    level_strides = [strides[-1] if name == "pool" else strides[int(name)] for name in levels]
+    pool.scales = [1.0 / stride for stride in level_strides]
+    k_min, k_max = (int(math.log2(stride)) for stride in (level_strides[0], level_strides[-1]))
+    pool.map_levels = initLevelMapper(k_min, k_max, pool.canonical_scale, pool.canonical_level)
+    return pool
 
 
 class BoxRegressor(nn.Module):
@@ -176,8 +196,9 @@ class StandardRoIHeads(nn.Module):
         """Build from a resolved ``model:`` config for ``num_classes`` foreground classes on ``in_channels``-wide
         FPN maps (modules built in torchvision's order, so a seed gives torchvision's initial weights)."""
         levels = list(cfg["roi_feature_levels"])
-        box_roi_pool = MultiScaleRoIAlign(levels, 7, cfg["roi_sampling_ratio"])
-        mask_roi_pool = MultiScaleRoIAlign(levels, 14, cfg["roi_sampling_ratio"])
+        strides = feature_strides(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
+        box_roi_pool = roi_align_with_fixed_scales(levels, 7, cfg["roi_sampling_ratio"], strides)
+        mask_roi_pool = roi_align_with_fixed_scales(levels, 14, cfg["roi_sampling_ratio"], strides)
         box_head = TwoMLPHead(in_channels * 7 * 7, cfg["box_head_dim"])
         box_predictor = BoxPredictor(
             build_classifier(cfg["classifier"], cfg["box_head_dim"], num_classes),

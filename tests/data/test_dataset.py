@@ -151,6 +151,27 @@ def test_image_size_mismatch_names_the_file(lvis_fixture):
         LVISDetectionDataset(path, root)[1]
 
 
+def test_truncated_image_names_the_annotation_file_image_and_path(lvis_fixture):
+    path, root, _, _ = lvis_fixture
+    image = root / "img20.png"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    dataset = LVISDetectionDataset(path, root)
+    with pytest.raises(DatasetError) as error:
+        dataset[1]
+    assert str(error.value).startswith(f"{path}: image id 20: cannot decode image file {image} (image file is "
+                                       "truncated); re-download or re-extract the file"), str(error.value)
+
+
+def test_malformed_polygon_names_the_annotation(lvis_fixture):
+    path, root, _, _ = lvis_fixture
+    data = json.loads(path.read_text())
+    data["annotations"][0]["segmentation"] = [[2, 3, 12, 3, 12, 11, 2]]  # 7 coordinates: was dropped silently
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"train\.json: annotation id 1 \(image id 10\): segmentation: polygon 0: "
+                                           r"has an odd number of coordinates \(7\); .*; fix or drop the annotation"):
+        LVISDetectionDataset(path, root)[0]
+
+
 def test_transforms_are_applied(lvis_fixture):
     path, root, _, _ = lvis_fixture
     calls = []

@@ -3,8 +3,8 @@ loader's errors on a corrupted copy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest

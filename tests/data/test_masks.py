@@ -59,3 +59,18 @@ def test_rle_area_matches_mask():
 def test_unknown_format_is_rejected():
     with pytest.raises(ValueError, match="unknown segmentation format"):
         decode_segmentation("not a mask", 4, 4)
+
+
+@pytest.mark.parametrize("segmentation, expected", [
+    ([[0, 0, 4, 0, 4]], r"polygon 0: has an odd number of coordinates \(5\)"),
+    ([[0, 0, 4, 0, 4, 4, 0, 4], [1, 1, 3, 3]], r"polygon 1: has 4 coordinates, fewer than 3 points"),  # not a box
+    ([[0, 0, 4, 0, None, 4]], r"polygon 0: holds None, which is not a number"),
+    ([[0, 0, 4, 0, float("nan"), 4]], r"polygon 0: has a NaN or infinite coordinate"),
+    ([], r"polygon segmentation is an empty list"),
+    ({"size": [6, 6], "counts": [144]}, r"RLE size \[6, 6\] is not the image's \[height, width\] \[12, 12\]"),
+    ({"size": [12, 12], "counts": [100]}, r"RLE counts sum to 100, not height \* width = 144"),
+    ({"counts": "abc"}, r"RLE has size None, not \[height, width\]"),
+])
+def test_malformed_segmentations_raise_instead_of_being_dropped(segmentation, expected):
+    with pytest.raises(ValueError, match=expected):
+        segmentation_to_rle(segmentation, 12, 12)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from longtail_seg.data import synthetic
+from longtail_seg.data.check import check_dataset
 from longtail_seg.data.lvis_io import load_lvis
 from longtail_seg.data.masks import decode_segmentation
 from tests.conftest import load_workflow_script
@@ -132,6 +133,13 @@ def test_unlabeled_split_has_no_annotations_and_hidden_gt_covers_it(tiny_dataset
     assert len(hidden["annotations"]) >= TINY["num_unlabeled"]
     first_id = TINY["num_train"] + TINY["num_val"] + 1
     assert [im["id"] for im in unlabeled["images"]] == list(range(first_id, first_id + TINY["num_unlabeled"]))
+
+
+def test_every_split_passes_the_data_check(tiny_dataset):
+    """The generator writes only what the data check accepts: well-formed RLEs, boxes inside, images that decode."""
+    for split, role in (("train", "train"), ("val", "eval"), ("unlabeled", "eval"), ("unlabeled_hidden_gt", "eval")):
+        report = check_dataset(tiny_dataset[split], tiny_dataset["image_root"], role=role, workers=1, progress=False)
+        assert report["images_decoded"] == report["num_images"] > 0
 
 
 def test_negative_lists_hold_exactly_the_absent_categories(tiny_dataset):

@@ -15,9 +15,12 @@ COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0,
 class FakeDetectionDataset(Dataset):
     """``num_images`` images of ``size`` x ``size`` with 1-3 rectangles each; labels 1..num_classes."""
 
-    def __init__(self, num_images: int = 16, size: int = 64, num_classes: int = 3, seed: int = 0) -> None:
+    def __init__(
+        self, num_images: int = 16, size: int = 64, num_classes: int = 3, seed: int = 0, sizes: list[int] | None = None
+    ) -> None:
         self.num_images = num_images
         self.size = size
+        self.sizes = sizes  # per-index image sizes (default: ``size`` for every image)
         self.num_classes = num_classes
         self.seed = seed
         self.category_ids = [100 + k for k in range(1, num_classes + 1)]
@@ -28,16 +31,17 @@ class FakeDetectionDataset(Dataset):
 
     def __getitem__(self, index: int):
         g = torch.Generator().manual_seed(self.seed * 10_000 + index)
-        image = torch.rand(3, self.size, self.size, generator=g) * 0.15
+        size = self.sizes[index] if self.sizes is not None else self.size
+        image = torch.rand(3, size, size, generator=g) * 0.15
         count = int(torch.randint(1, 4, (1,), generator=g))
         boxes, labels, masks = [], [], []
         for _ in range(count):
-            w, h = (int(v) for v in torch.randint(self.size // 5, self.size // 2, (2,), generator=g))
-            x0 = int(torch.randint(0, self.size - w, (1,), generator=g))
-            y0 = int(torch.randint(0, self.size - h, (1,), generator=g))
+            w, h = (int(v) for v in torch.randint(size // 5, size // 2, (2,), generator=g))
+            x0 = int(torch.randint(0, size - w, (1,), generator=g))
+            y0 = int(torch.randint(0, size - h, (1,), generator=g))
             label = int(torch.randint(1, self.num_classes + 1, (1,), generator=g))
             image[:, y0 : y0 + h, x0 : x0 + w] = COLOURS[label - 1].view(3, 1, 1)
-            mask = torch.zeros(self.size, self.size, dtype=torch.uint8)
+            mask = torch.zeros(size, size, dtype=torch.uint8)
             mask[y0 : y0 + h, x0 : x0 + w] = 1
             boxes.append([x0, y0, x0 + w, y0 + h])
             labels.append(label)
@@ -47,7 +51,7 @@ class FakeDetectionDataset(Dataset):
             "labels": torch.tensor(labels, dtype=torch.int64),
             "masks": torch.stack(masks),
             "image_id": index,
-            "orig_size": (self.size, self.size),
+            "orig_size": (size, size),
         }
         return image, target
 

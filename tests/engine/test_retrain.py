@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from longtail_seg.engine.config import RetrainConfig
 from longtail_seg.engine.retrain import (
+    checkpoint_category_ids,
     combine_classifiers,
     frozen_state,
     prepare_for_classifier_retraining,
@@ -330,3 +331,10 @@ def test_script_warns_when_the_pseudo_file_is_empty(small_lvis, tmp_path: Path, 
 def test_rois_per_image_must_be_positive():
     with pytest.raises(ValueError, match="rois_per_image"):
         RetrainConfig.from_dict({"rois_per_image": 0})
+
+
+def test_a_truncated_representation_checkpoint_is_named(representation: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "model_final.pth"
+    truncated.write_bytes(representation.read_bytes()[:500])
+    with pytest.raises(ValueError, match=rf"{truncated}: cannot read this detector checkpoint \(500 bytes.*rerun"):
+        checkpoint_category_ids(truncated)

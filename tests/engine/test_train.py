@@ -14,8 +14,15 @@ import pandas as pd
 import pytest
 import torch
 
-from longtail_seg.engine.checkpoint import input_fingerprint, load_training_state, resume_mismatch
+from longtail_seg.engine.checkpoint import (
+    CheckpointError,
+    input_fingerprint,
+    load_training_state,
+    read_training_state,
+    resume_mismatch,
+)
 from longtail_seg.engine.config import TrainConfig
+from longtail_seg.engine.run_lock import RunDirectoryLocked
 from longtail_seg.engine.train import train
 from longtail_seg.models.detector import build_detector, load_detector
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, OrderedSampler, collate
@@ -140,6 +147,68 @@ def test_stale_checkpoint_of_another_experiment_is_not_resumed(tmp_path: Path) -
     changed = run(epochs=3, lr=1e-4)  # another learning rate: start over, keep the old file aside
     assert changed.resumed_from_iteration == 0 and changed.iteration == 6
     assert (tmp_path / "checkpoints" / "last.stale.pth").exists()
+    shortened = run(epochs=2, lr=1e-4)  # a lowered length: the checkpoint is past its end, start over
+    assert shortened.resumed_from_iteration == 0 and shortened.iteration == 4
+    assert run(epochs=2, lr=1e-4, log_period=1, checkpoint_period=3).resumed_from_iteration == 4  # run settings
+
+
+def test_lowered_or_cosine_length_changes_train_from_scratch(tmp_path: Path) -> None:
+    """A checkpoint past the new max_iterations, or a cosine decaying over another length, is another run."""
+    dataset = FakeDetectionDataset(num_images=4, size=48)
+
+    def run(schedule: str, max_iterations: int):
+        cfg = _cfg(batch_size=2, epochs=100, max_iterations=max_iterations, checkpoint_period=1, lr_schedule=schedule)
+        return train(build_detector(TEST_MODEL_CFG, 3), dataset, OrderedSampler(4), cfg, tmp_path / schedule, "cpu",
+                     collate_fn=collate)
+
+    assert run("constant", 4).iteration == 4
+    lowered = run("constant", 3)
+    assert (lowered.resumed_from_iteration, lowered.iteration) == (0, 3)  # not the 4-iteration model
+    assert run("constant", 5).resumed_from_iteration == 3  # a constant rate: extending continues exactly
+    assert run("cosine", 3).iteration == 3
+    assert run("cosine", 4).resumed_from_iteration == 0  # the cosine of 4 iterations differs from iteration 1 on
+
+
+def test_truncated_checkpoint_is_set_aside_with_its_name(tmp_path: Path, caplog) -> None:
+    dataset = FakeDetectionDataset(num_images=4, size=48)
+
+    def run():
+        cfg = _cfg(batch_size=2, epochs=1, checkpoint_period=1)
+        return train(build_detector(TEST_MODEL_CFG, 3), dataset, OrderedSampler(4), cfg, tmp_path, "cpu",
+                     collate_fn=collate)
+
+    run()
+    last = tmp_path / "checkpoints" / "last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # e.g. a full disk while it was written
+    with caplog.at_level("WARNING"):
+        result = run()
+    assert result.resumed_from_iteration == 0 and result.iteration == 2
+    assert f"{last}: cannot read this training state file (1000 bytes" in caplog.text
+    assert "moved to last.corrupt.pth" in caplog.text
+    assert (tmp_path / "checkpoints" / "last.corrupt.pth").stat().st_size == 1000
+    with pytest.raises(CheckpointError, match=f"{last.with_name('last.corrupt.pth')}: cannot read this training state"):
+        read_training_state(last.with_name("last.corrupt.pth"))
+
+
+def test_a_second_writer_of_a_run_directory_fails_at_once_naming_the_first(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from longtail_seg.engine.run_lock import run_directory_lock\n"
+         "with run_directory_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        dataset = FakeDetectionDataset(num_images=4, size=48)
+        start = time.perf_counter()
+        with pytest.raises(RunDirectoryLocked, match=rf"pid {holder.pid} on .*run one Snakemake per results folder"):
+            train(build_detector(TEST_MODEL_CFG, 3), dataset, OrderedSampler(4), _cfg(batch_size=2, epochs=1),
+                  tmp_path, "cpu", collate_fn=collate)
+        assert time.perf_counter() - start < 5 and not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed, not cleaned up): the lock went with it
+    assert train(build_detector(TEST_MODEL_CFG, 3), FakeDetectionDataset(num_images=4, size=48), OrderedSampler(4),
+                 _cfg(batch_size=2, epochs=1), tmp_path, "cpu", collate_fn=collate).iteration == 2
 
 
 def test_checkpoint_resumes_only_with_the_same_input_fingerprint(tmp_path: Path) -> None:
@@ -160,11 +229,14 @@ def test_checkpoint_resumes_only_with_the_same_input_fingerprint(tmp_path: Path)
     data_file.write_text('{"images": []}')  # the input rewritten upstream
     assert run(4, mosaic={"prob": 0.5}).resumed_from_iteration == 0
     assert run(5, mosaic={"prob": 0.5}).resumed_from_iteration == 8
+    os.utime(data_file, ns=(0, 0))
+    data_file.write_text('{"images": []}')  # rewritten with the same bytes (an upstream step rerun): continue
+    assert run(6, mosaic={"prob": 0.5}).resumed_from_iteration == 10
 
 
 def test_resume_mismatch_names_the_changed_inputs(tmp_path: Path) -> None:
     model = build_detector(TEST_MODEL_CFG, 3)
-    payload = {"model": model.state_dict(), "train_cfg": {"lr": 0.1},
+    payload = {"model": model.state_dict(), "train_cfg": {"lr": 0.1}, "progress": {"iteration": 4},
                "fingerprint": input_fingerprint({"mosaic": {"prob": 1.0}, "strong": None})}
     assert resume_mismatch(payload, model, {"lr": 0.1}, dict(payload["fingerprint"])) is None
     assert resume_mismatch(payload, model, {"lr": 0.1}) is None  # no fingerprint given: not checked

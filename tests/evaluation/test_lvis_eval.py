@@ -252,3 +252,70 @@ def test_load_results_rejects_non_list(tmp_path: Path) -> None:
     path.write_text('{"annotations": []}')
     with pytest.raises(ValueError, match="JSON list"):
         load_results(path)
+
+
+def test_a_truncated_predictions_file_names_the_file_position_and_fix(hand_gt: Path, tmp_path: Path) -> None:
+    path = tmp_path / "predictions" / "val.json"
+    path.parent.mkdir()
+    text = json.dumps(gt_as_detections(hand_gt))
+    path.write_text(text[:len(text) // 2])
+    with pytest.raises(ValueError) as error:
+        load_results(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: this predictions file is not valid JSON at line 1, column ")
+    assert "truncated" in message and "delete the predictions file and rerun the `infer` job" in message
+    path.write_bytes(b"\x80\x81 binary")
+    with pytest.raises(ValueError, match="is not JSON text"):
+        load_results(path)
+
+
+def _script_error(hand_gt: Path, tmp_path: Path, results: list, *extra: str) -> str:
+    """evaluate.py's exit message on a predictions file holding ``results``."""
+    script = load_workflow_script("evaluate")
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps(results))
+    with pytest.raises(SystemExit) as error:
+        script.main(script.parse_args(["--annotations", str(hand_gt), "--predictions", str(predictions),
+                                       "--out", str(tmp_path / "metrics.json"), *extra]))
+    assert not (tmp_path / "metrics.json").exists()
+    return str(error.value)
+
+
+BAD_RESULTS = [  # (how result 3 is broken, what the message says after "PATH: result 3 ")
+    (lambda r: r.pop("score"), "lacks ['score']; rerun inference"),
+    (lambda r: r.update(score=float("nan")), "has score nan, not a finite number; rerun inference"),
+    (lambda r: r.update(score="0.5"), "has score '0.5', not a finite number; rerun inference"),
+    (lambda r: r.update(category_id=77), "has category_id 77 that is not in the ground truth categories"),
+    (lambda r: r.update(image_id=[1]), "has image_id [1], not an integer id; rerun inference"),
+    (lambda r: r.update(bbox=[1, 2, 3]), "has bbox [1, 2, 3], not [x, y, width, height] numbers; rerun inference"),
+    (lambda r: r.update(segmentation=None), "has segmentation None, not an RLE dict"),
+    (lambda r: r.pop("segmentation"), "lacks ['segmentation']; segm evaluation needs masks"),
+]
+
+
+@pytest.mark.parametrize("breaks, expected", BAD_RESULTS, ids=[e.split(";")[0] for _, e in BAD_RESULTS])
+def test_a_bad_result_names_the_predictions_file_and_the_result(hand_gt: Path, tmp_path: Path, breaks,
+                                                               expected: str) -> None:
+    results = gt_as_detections(hand_gt)
+    breaks(results[3])
+    message = _script_error(hand_gt, tmp_path, results)
+    assert message.startswith(f"evaluate: {tmp_path / 'predictions.json'}: result 3 {expected}"), message
+
+
+def test_a_result_that_is_not_a_dict_is_named(hand_gt: Path, tmp_path: Path) -> None:
+    results = gt_as_detections(hand_gt)
+    message = _script_error(hand_gt, tmp_path, results[:2] + [[1, 2, 3]] + results[2:])
+    assert message.startswith(f"evaluate: {tmp_path / 'predictions.json'}: result 2 is a list ([1, 2, 3]), not a "
+                              "detection dict"), message
+    message = _script_error(hand_gt, tmp_path, {"annotations": []})  # type: ignore[arg-type]
+    assert message.startswith(f"evaluate: {tmp_path / 'predictions.json'}: LVIS results must be a JSON list")
+    assert "rerun inference" in message
+
+
+def test_results_in_memory_are_named_as_such_or_by_source(hand_gt: Path) -> None:
+    no_score = gt_as_detections(hand_gt)
+    del no_score[0]["score"]
+    with pytest.raises(ValueError, match=r"^predictions \(in memory\): result 0 lacks \['score'\]"):
+        evaluate_lvis(hand_gt, no_score)
+    with pytest.raises(ValueError, match=r"^preds/val\.json: result 0 lacks \['score'\]"):
+        evaluate_lvis(hand_gt, no_score, source="preds/val.json")

@@ -1,12 +1,16 @@
-"""Ablation tables: row order, rounding, missing groups and the markdown layout."""
+"""Ablation tables: row order, rounding, missing groups, the markdown layout, and make_table.py on a broken
+metrics.json."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
+import pytest
 
 from longtail_seg.evaluation.tables import build_table, table_to_markdown, write_table
+from tests.conftest import load_workflow_script
 
 
 def _metrics(segm_ap: float, bbox_ap: float, apr=5.0) -> dict:
@@ -32,8 +36,6 @@ def test_table_has_one_row_per_step_with_mask_and_box_columns(tmp_path):
 
 
 def test_row_and_metrics_count_must_match():
-    import pytest
-
     with pytest.raises(ValueError, match="2 table rows but 1 metrics"):
         build_table([{"label": "a"}, {"label": "b"}], [_metrics(1, 1)])
 
@@ -41,3 +43,32 @@ def test_row_and_metrics_count_must_match():
 def test_markdown_renders_missing_values():
     table = build_table([{"label": "a"}], [_metrics(1, 1)])
     assert "nan" in table_to_markdown(table)
+
+
+def _make_table_error(tmp_path, text: str) -> str:
+    """workflow_scripts/make_table.py's exit message when the second metrics.json holds ``text``."""
+    script = load_workflow_script("make_table")
+    good, bad = tmp_path / "a" / "metrics.json", tmp_path / "b" / "metrics.json"
+    for path, content in ((good, json.dumps(_metrics(1, 1))), (bad, text)):
+        path.parent.mkdir()
+        path.write_text(content)
+    rows = json.dumps([{"label": "a", "model": "m", "test": "t"}, {"label": "b", "model": "m", "test": "t"}])
+    with pytest.raises(SystemExit) as error:
+        script.main(script.parse_args(["--rows", rows, "--metrics", str(good), str(bad),
+                                       "--out-csv", str(tmp_path / "t.csv"), "--out-md", str(tmp_path / "t.md")]))
+    assert not (tmp_path / "t.csv").exists()
+    return str(error.value)
+
+
+def test_a_truncated_metrics_file_names_the_file_and_the_fix(tmp_path):
+    text = json.dumps(_metrics(1, 1), indent=2)
+    message = _make_table_error(tmp_path, text[:len(text) // 2])
+    bad = tmp_path / "b" / "metrics.json"
+    assert message.startswith(f"make_table: {bad}: this metrics file is not valid JSON at line "), message
+    assert "rerun the `evaluate` job" in message
+
+
+def test_a_metrics_file_without_metrics_names_the_file(tmp_path):
+    message = _make_table_error(tmp_path, '[1, 2]')
+    bad = tmp_path / "b" / "metrics.json"
+    assert message.startswith(f"make_table: {bad} is not a metrics file of workflow_scripts/evaluate.py"), message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
@@ -57,3 +58,47 @@ def test_the_config_modules_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+NAN = float("nan")
+# Every key with values that must fail, and what the message says they must be ("SECTION: KEY must be ...").
+TEST_BAD: dict[str, tuple[str, list]] = {
+    "min_size": ("an integer >= 1", [0, "64", 64.0, True, None]),
+    "max_size": ("an integer >= 1", [-1, "120"]),
+    "batch_size": ("an integer >= 1", [0, "8", 2.5]),
+    "num_workers": ("an integer >= 0", [-1, "0"]),
+    "max_dets": ("an integer >= 1", [0, "300", None]),
+    "mask_threshold": ("a number in [0, 1]", [1.5, -0.1, "0.5", NAN, None]),
+    "scales": ("a non-empty list of positive integer short sides or null", [[], [0], [64.5], "64", 64, [64, "80"]]),
+    "flip": ("true or false", [1, "true", None]),
+    "merge": ("one of ['nms', 'soft_nms']", ["wbf", None]),
+    "merge_iou": ("a number in [0, 1]", [2, -0.5, "0.5", NAN]),
+    "soft_nms_method": ("one of ['linear', 'gaussian']", ["cubic"]),
+    "scale_ranges": ("a list of [min, max] pairs (one per scale) or null", [5, "[[0, 10]]"]),
+    "mask_voting": ("true or false", [0, "false"]),
+}
+CASES = [(key, value, what) for key, (what, values) in TEST_BAD.items() for value in values]
+
+
+def test_every_key_has_bad_values_here():
+    assert set(TEST_BAD) == {f.name for f in fields(TestConfig)}
+
+
+@pytest.mark.parametrize("key, value, what", CASES, ids=[f"{k}={v!r}" for k, v, _ in CASES])
+def test_a_wrong_type_or_range_names_the_test_and_key(key, value, what):
+    with pytest.raises(ValueError) as error:
+        TestConfig.from_dict({key: value}, section="tests.single_scale")
+    message = str(error.value)
+    assert message.startswith(f"tests.single_scale: {key} must be {what}, got {value!r}"), message
+
+
+@pytest.mark.parametrize("ranges", [[[0]], [[10, 5]], [[-1, 5]], [[0, NAN]], [["0", 5]], [5]])
+def test_a_bad_scale_range_names_its_entry(ranges):
+    with pytest.raises(ValueError, match=r"^tests\.box: scale_ranges\[0\] must be \[min, max\) with 0 <= min < max"):
+        TestConfig.from_dict({"scales": [64], "scale_ranges": ranges}, section="tests.box")
+
+
+def test_values_on_the_bounds_pass():
+    cfg = TestConfig.from_dict({"min_size": 1, "num_workers": 0, "mask_threshold": 1, "merge_iou": 0.0,
+                                "scales": [64, 80], "scale_ranges": [[0, float("inf")], [0, 1e5]]})
+    assert cfg.scale_ranges == ((0.0, float("inf")), (0.0, 1e5)) and cfg.mask_threshold == 1

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longtail_seg.io_utils import CorruptFileError
 from longtail_seg.models.classifiers import SoftmaxClassifier, build_classifier
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.detector import build_detector, load_detector, save_checkpoint
@@ -147,3 +148,51 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == [path]  # atomic: no temporary left behind
     with pytest.raises(ValueError, match="category ids"):
         save_checkpoint(tmp_path / "bad.pth", model, TEST_MODEL_CFG, [1, 2])
+
+
+@pytest.fixture(scope="module")
+def saved_detector(tmp_path_factory) -> bytes:
+    """The bytes of a real model_final.pth of the small test detector."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("detector") / "model_final.pth"
+    save_checkpoint(path, build_detector(TEST_MODEL_CFG, num_classes=3), TEST_MODEL_CFG, [11, 12, 13])
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -20], ids=["empty", "10_bytes", "half", "all_but_20_bytes"])
+def test_a_truncated_checkpoint_names_the_file_and_the_fix(tmp_path, saved_detector: bytes, keep) -> None:
+    path = tmp_path / "model_final.pth"
+    path.write_bytes(saved_detector[:int(len(saved_detector) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(CorruptFileError) as error:
+        load_detector(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: cannot read this detector checkpoint (")
+    assert "truncated or corrupt" in message and "delete it and rerun the job that writes it" in message
+    assert "retrain_classifier" in message
+
+
+def test_a_file_that_is_no_detector_checkpoint_names_the_file(tmp_path, saved_detector: bytes) -> None:
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file" * 8)
+    assert _load_error(garbage).startswith(f"{garbage}: cannot read this detector checkpoint (128 bytes; Unpickling")
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    assert _load_error(tensor).startswith(f"{tensor} is not a detector checkpoint (it holds a Tensor, not a dict)")
+    payload = torch.load(_write(tmp_path / "ok.pth", saved_detector), weights_only=False)
+    payload["model"].pop(next(iter(payload["model"])))  # a weight missing
+    broken = tmp_path / "broken.pth"
+    torch.save(payload, broken)
+    message = _load_error(broken)
+    assert message.startswith(f"{broken}: its weights do not fit the model its own model_cfg builds (")
+    assert "delete it and rerun the job that writes it" in message
+
+
+def _load_error(path) -> str:
+    with pytest.raises(CorruptFileError) as error:
+        load_detector(path)
+    return str(error.value)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path

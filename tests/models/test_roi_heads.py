@@ -3,6 +3,8 @@ regions, own-class mask probabilities, and a second kind of heads registered wit
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads
@@ -153,3 +155,34 @@ def test_an_image_without_objects_samples_only_background() -> None:
     empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
     sampled, matched, labels, regression = heads.sampler([torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])], [empty])
     assert labels[0].tolist() == [0, 0] and matched[0].tolist() == [0, 0] and regression[0].shape == (2, 4)
+
+
+@pytest.mark.parametrize("levels, backbone, scales", [
+    (["0"], "tiny", [1 / 4]),
+    (["1", "2", "pool"], "tiny", [1 / 8, 1 / 16, 1 / 32]),
+    (["0", "1", "2", "3"], "resnet18", [1 / 4, 1 / 8, 1 / 16, 1 / 32]),
+])
+def test_roi_align_scales_come_from_the_backbone_not_the_first_batch(levels, backbone, scales) -> None:
+    """torchvision infers them from the first batch it sees: a 33 px image padded to 64 would give 1/2 for 1/4."""
+    model = build_detector({**TEST_MODEL_CFG, "backbone": backbone, "roi_feature_levels": levels}, 3).eval()
+    for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        assert pool.scales == scales
+        assert (pool.map_levels.k_min, pool.map_levels.k_max) == (-math.log2(scales[0]), -math.log2(scales[-1]))
+    big, _ = FakeDetectionDataset(1, size=96)[0]
+    with torch.no_grad():
+        model([torch.rand(3, 33, 33)])  # a small first batch
+        after_small = model([big])[0]
+        fresh = build_detector({**TEST_MODEL_CFG, "backbone": backbone, "roi_feature_levels": levels}, 3).eval()
+        fresh.load_state_dict(model.state_dict())
+        straight = fresh([big])[0]
+    assert model.roi_heads.box_roi_pool.scales == scales
+    for key in ("boxes", "scores", "masks"):
+        assert torch.equal(after_small[key], straight[key]), key
+
+
+@pytest.mark.parametrize("levels", [["4"], ["0", "2"], ["1", "0"], [], ["pool", "0"]])
+def test_roi_feature_levels_must_be_consecutive_fpn_maps(levels) -> None:
+    from longtail_seg.models.config import resolve_model_cfg
+
+    with pytest.raises(ValueError, match=r"model.roi_feature_levels must be (consecutive FPN maps|a non-empty list)"):
+        resolve_model_cfg({"roi_feature_levels": levels})
