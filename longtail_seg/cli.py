@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -15,6 +16,16 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SystemExit(f"{option}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def add_training_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options train.py and retrain.py share: --run-cfg, --out-dir, --device, --threads."""
+    parser.add_argument("--run-cfg", default="{}",
+                        help="JSON object: how the run goes (num_workers, checkpoint_period, log_period, progress_bar, "
+                             "tensorboard); kept apart from --train-cfg so that changing them reruns no job")
+    parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
 
 
 def training_config(config_class: Any, train_cfg: str, run_cfg: str = "{}") -> Any:

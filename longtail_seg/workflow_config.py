@@ -152,47 +152,25 @@ for _helper in (test_settings, test_config, test_job_settings):
     _helper.__test__ = False  # named after the config's `tests` section: pytest must not collect them as tests
 
 
-def train_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """The ``train`` section with the model's own ``train`` overrides (e.g. the uniform-sampling baseline)."""
-    return _with_overrides(config, model, "train")
+TRAINING_CONFIGS = {"train": TrainConfig, "retrain": RetrainConfig}  # the two training sections and their classes
 
 
-def train_config(config: Mapping[str, Any], model: str) -> TrainConfig:
-    """The checked ``TrainConfig`` of a representation model (errors name its override, else ``train``)."""
-    return _section_config(TrainConfig, config, model, "train")
+def training_config(config: Mapping[str, Any], model: str, section: str) -> TrainConfig:
+    """The checked ``TrainConfig`` (``section`` train) or ``RetrainConfig`` (retrain) of a model: the section with
+    the model's own overrides; errors name the override (``models.<model>.<section>``) when it has one."""
+    return _section_config(TRAINING_CONFIGS[section], config, model, section)
 
 
-def train_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """What decides the weights of the model's representation learning (``TrainConfig.computed_settings``): its
+def training_job_settings(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:
+    """What decides the weights of the model's training in ``section`` (``computed_settings``): its
     ``--train-cfg``, a tracked parameter of the job."""
-    return train_config(config, model).computed_settings()
+    return training_config(config, model, section).computed_settings()
 
 
-def train_run_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """How the model's representation learning runs (``TrainConfig.run_settings``: loader workers, logging,
-    checkpoint period): its ``--run-cfg``, passed apart so that changing them reruns no job."""
-    return train_config(config, model).run_settings()
-
-
-def retrain_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """The ``retrain`` section with the model's own ``retrain`` overrides (sampler, mosaic, ...)."""
-    return _with_overrides(config, model, "retrain")
-
-
-def retrain_config(config: Mapping[str, Any], model: str) -> RetrainConfig:
-    """The checked ``RetrainConfig`` of a retrain model (errors name its override, else ``retrain``)."""
-    return _section_config(RetrainConfig, config, model, "retrain")
-
-
-def retrain_job_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """What decides the weights of the model's classifier retraining (``RetrainConfig.computed_settings``): its
-    ``--train-cfg``, a tracked parameter of the job."""
-    return retrain_config(config, model).computed_settings()
-
-
-def retrain_run_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """How the model's classifier retraining runs: its ``--run-cfg`` (see ``train_run_settings``)."""
-    return retrain_config(config, model).run_settings()
+def training_run_settings(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:
+    """How the model's training in ``section`` runs (``run_settings``: loader workers, logging, checkpoint period):
+    its ``--run-cfg``, passed apart so that changing them reruns no job."""
+    return training_config(config, model, section).run_settings()
 
 
 def _with_overrides(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:
@@ -284,7 +262,7 @@ def _check_models(config: Mapping[str, Any]) -> None:
         _check_stage_keys(model, entry)
         stage = entry["stage"]
         if stage == "representation":
-            train_config(config, model)
+            training_config(config, model, "train")
         elif stage == "retrain":
             _check_retrain_model(config, model)
         else:
@@ -313,7 +291,7 @@ def _check_retrain_model(config: Mapping[str, Any], model: str) -> None:
         raise ValueError(f"models.{model}.from: {entry['from']!r} is a {source_stage} model; a retrain model starts "
                          f"from a representation model ({_names_of_stage(config, 'representation')})")
     check_classifier_config(entry["classifier"], f"models.{model}.classifier")
-    retrain_config(config, model)
+    training_config(config, model, "retrain")
 
 
 def _check_double_model(config: Mapping[str, Any], model: str) -> None:

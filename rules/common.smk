@@ -14,11 +14,9 @@ from longtail_seg.workflow_config import (
     is_multi_scale_test,
     load_schema,
     model_job_settings,
-    retrain_job_settings,
-    retrain_run_settings,
     test_job_settings,
-    train_job_settings,
-    train_run_settings,
+    training_job_settings,
+    training_run_settings,
     uses_pseudo_labels,
 )
 
@@ -210,7 +208,7 @@ def mosaic_args(settings):
 
 def train_extra_args(wildcards):
     """Optional representation-learning arguments: the mosaic settings of a mosaic run."""
-    return mosaic_args(train_job_settings(config, wildcards.model))
+    return mosaic_args(training_job_settings(config, wildcards.model, "train"))
 
 
 def retrain_extra_args(wildcards):
@@ -219,7 +217,7 @@ def retrain_extra_args(wildcards):
     A function of the wildcards only, so that Snakemake records it as a parameter and a change of these settings
     reruns exactly the models that use them.
     """
-    args = mosaic_args(retrain_job_settings(config, wildcards.model))
+    args = mosaic_args(training_job_settings(config, wildcards.model, "retrain"))
     if uses_pseudo_labels(config, wildcards.model):
         args += [
             "--pseudo-annotations",

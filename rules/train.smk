@@ -25,10 +25,12 @@ rule train_representation:
         runtime=config["compute"]["train_runtime_min"],
     params:
         model_cfg=lambda wc: as_json(model_job_settings(config)),
-        train_cfg=lambda wc: as_json(train_job_settings(config, wc.model)),
+        train_cfg=lambda wc: as_json(training_job_settings(config, wc.model, "train")),
         # how the job runs (loader workers, logging, checkpoint period), not what it computes: a parameter function
         # of `threads` is one Snakemake does not track, so changing these reruns no job (README: rerun triggers)
-        run_cfg=lambda wc, threads: as_json(train_run_settings(config, wc.model)),
+        run_cfg=lambda wc, threads: as_json(
+            training_run_settings(config, wc.model, "train")
+        ),
         out_dir=lambda wc, output: Path(output.model).parent,
         extra=train_extra_args,
     shell:
@@ -78,8 +80,10 @@ rule retrain_classifier:
         runtime=config["compute"]["train_runtime_min"],
     params:
         classifier_cfg=lambda wc: as_json(config["models"][wc.model]["classifier"]),
-        train_cfg=lambda wc: as_json(retrain_job_settings(config, wc.model)),
-        run_cfg=lambda wc, threads: as_json(retrain_run_settings(config, wc.model)),
+        train_cfg=lambda wc: as_json(training_job_settings(config, wc.model, "retrain")),
+        run_cfg=lambda wc, threads: as_json(
+            training_run_settings(config, wc.model, "retrain")
+        ),
         out_dir=lambda wc, output: Path(output.model).parent,
         stats_dir=lambda wc, input: Path(input.categories).parent,
         extra=retrain_extra_args,

@@ -38,8 +38,7 @@ from longtail_seg.workflow_config import (
     key_path,
     load_schema,
     model_job_settings,
-    retrain_job_settings,
-    train_job_settings,
+    training_job_settings,
 )
 from tests.conftest import REPO_ROOT
 
@@ -321,20 +320,20 @@ def test_retrain_settings_hold_only_what_the_run_reads():
     retrained = {m for m, e in config["models"].items() if e["stage"] == "retrain"}
     assert class_aware and retrained - class_aware
     for model in retrained:
-        settings = retrain_job_settings(config, model)
+        settings = training_job_settings(config, model, "retrain")
         assert ("images_per_category" in settings) == (model in class_aware)
         assert "momentum" not in settings  # adamw
         if config["models"][model]["retrain"].get("mosaic"):
             assert not {"min_size_range", "max_size", "flip_prob"} & set(settings)
     sgd = merged({"models": {"bgs": {"retrain": {"optimizer": "sgd"}}}})
-    assert retrain_job_settings(sgd, "bgs")["momentum"] == 0.9
+    assert training_job_settings(sgd, "bgs", "retrain")["momentum"] == 0.9
 
 
 def test_train_and_model_settings_are_complete_and_resolved():
     config = merged()
-    assert train_job_settings(config, "representation")["sampler"] == "repeat_factor"
+    assert training_job_settings(config, "representation", "train")["sampler"] == "repeat_factor"
     uniform = merged({"models": {"representation": {"train": {"sampler": "uniform"}}}})
-    assert train_job_settings(uniform, "representation")["sampler"] == "uniform"
+    assert training_job_settings(uniform, "representation", "train")["sampler"] == "uniform"
     model = model_job_settings(config)
     assert set(model) == set(DEFAULT_MODEL_CFG) and model["anchor_sizes"] == [16, 32, 64, 128]
 

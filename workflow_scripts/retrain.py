@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from longtail_seg.augment.pipeline import build_training_data
-from longtail_seg.cli import finish_training_run, parse_json_object, training_config
+from longtail_seg.cli import add_training_run_arguments, finish_training_run, parse_json_object, training_config
 from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import RetrainConfig
@@ -63,12 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON object: the config's augment.strong section (pseudo-labelled images only)")
     parser.add_argument("--rfs-threshold", type=float,
                         help="RFS threshold t for the repeat factors of train + pseudo (stats.rfs_threshold)")
-    parser.add_argument("--run-cfg", default="{}",
-                        help="JSON object: how the run goes (num_workers, checkpoint_period, log_period, progress_bar, "
-                             "tensorboard); kept apart from --train-cfg so that changing them reruns no job")
-    parser.add_argument("--out-dir", required=True, help="folder for model_final.pth, metrics.csv, checkpoints/")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    add_training_run_arguments(parser)
     return parser.parse_args(argv)
 
 
