@@ -326,10 +326,13 @@ class SeededSamples(Dataset):
         return len(self.indices)
 
     def __getitem__(self, position: int) -> Any:
-        seed = int(np.random.SeedSequence([*self.key, position]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        generator = torch.default_generator  # the CPU stream the transforms draw from
+        state = generator.get_state()
+        generator.manual_seed(int(np.random.SeedSequence([*self.key, position]).generate_state(1)[0]))
+        try:
             return self.dataset[self.indices[position]]
+        finally:
+            generator.set_state(state)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
