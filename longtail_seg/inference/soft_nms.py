@@ -6,8 +6,9 @@ Instead of deleting every box that overlaps a higher-scored one of the same clas
 * ``gaussian``: s_i <- s_i * exp(-IoU(M, b_i)^2 / sigma) for every remaining box;
 
 where M is the highest-scored remaining box, picked greedily. Boxes whose score falls below ``score_threshold``
-are dropped. Classes never interact: the boxes of different labels are shifted apart before the IoUs (the same
-offset trick as ``torchvision.ops.batched_nms``), so one pass serves all classes.
+are dropped. Classes never interact: only boxes of the picked box's label decay. The IoUs are computed on the boxes
+as given, not shifted apart by label (``torchvision.ops.batched_nms``'s offset trick): in float32 that trick loses
+precision at LVIS's class ids and image sizes, so decayed scores would depend on the class id.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def soft_nms(
     limit = len(boxes) if max_dets is None else min(int(max_dets), len(boxes))
     if limit <= 0:
         return boxes.new_zeros(0, dtype=torch.int64), scores.new_zeros(0)
-    shifted = _separate_classes(boxes.float(), labels)
+    boxes = boxes.float()
     current = scores.detach().float().clone()
     remaining = torch.nonzero(current >= score_threshold).flatten()
     kept, kept_scores = [], []
@@ -51,11 +52,13 @@ def soft_nms(
         kept.append(best)
         kept_scores.append(current[best])
         remaining = remaining[remaining != best]
-        if not remaining.numel():
-            break
-        overlap = box_iou(shifted[best].unsqueeze(0), shifted[remaining])[0]
-        current[remaining] *= _decay(overlap, method, iou_threshold, sigma)
-        remaining = remaining[current[remaining] >= score_threshold]
+        same_class = remaining[labels[remaining] == labels[best]]
+        if same_class.numel():
+            overlap = box_iou(boxes[best].unsqueeze(0), boxes[same_class])[0]
+            current[same_class] *= _decay(overlap, method, iou_threshold, sigma)
+            remaining = remaining[current[remaining] >= score_threshold]
+    if not kept:  # nothing passed score_threshold
+        return boxes.new_zeros(0, dtype=torch.int64), scores.new_zeros(0)
     return torch.stack(kept).to(torch.int64), torch.stack(kept_scores).to(scores.dtype)
 
 
@@ -64,11 +67,3 @@ def _decay(overlap: torch.Tensor, method: str, iou_threshold: float, sigma: floa
     if method == "linear":
         return torch.where(overlap >= iou_threshold, 1.0 - overlap, torch.ones_like(overlap))
     return torch.exp(-(overlap**2) / sigma)
-
-
-def _separate_classes(boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Boxes shifted by label so that boxes of different labels never overlap."""
-    if boxes.numel() == 0:
-        return boxes
-    offset = boxes.max() - boxes.min() + 1.0
-    return boxes + (labels.to(boxes.dtype) * offset)[:, None]

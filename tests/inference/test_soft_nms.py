@@ -98,3 +98,47 @@ def test_linear_soft_nms_keeps_what_hard_nms_keeps_with_unchanged_scores(data):
     final = dict(zip(keep.tolist(), kept_scores.tolist()))
     for index in isolated:
         assert final[index] == pytest.approx(scores[index].item())
+
+
+def _reference_soft_nms(boxes, scores, labels, iou_threshold, method, sigma, score_threshold):
+    """Straightforward float64 soft-NMS, one class at a time: {index: decayed score} of the kept boxes."""
+    boxes, kept = boxes.double(), {}
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten().tolist()
+        current = {i: float(scores[i]) for i in members if scores[i] >= score_threshold}
+        while current:
+            best = max(current, key=lambda i: (current[i], -i))
+            kept[best] = current.pop(best)
+            for i in list(current):
+                iou = box_iou(boxes[best][None], boxes[i][None]).item()
+                factor = (1 - iou if iou >= iou_threshold else 1.0) if method == "linear" else math.exp(-iou**2 / sigma)
+                current[i] *= factor
+                if current[i] < score_threshold:
+                    del current[i]
+    return kept
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_a_float64_per_class_reference_at_lvis_class_ids_and_sizes(method, seed):
+    """Decayed scores do not depend on the class id or the image size (ids up to 1203, coordinates up to 2400 px)."""
+    g = torch.Generator().manual_seed(seed)
+    count = 300
+    xy = torch.rand(count, 2, generator=g) * 2000
+    wh = torch.rand(count, 2, generator=g) * 400 + 1
+    boxes = torch.cat([xy, xy + wh], dim=1).clamp(max=2400)
+    boxes[count // 2:] = boxes[: count - count // 2] + torch.rand(count - count // 2, 4, generator=g) * 20  # overlaps
+    scores = torch.rand(count, generator=g)
+    labels = torch.randint(1190, 1204, (count,), generator=g)
+    keep, kept_scores = soft_nms(boxes, scores, labels, 0.5, method, 0.5, score_threshold=1e-3)
+    reference = _reference_soft_nms(boxes, scores, labels, 0.5, method, 0.5, 1e-3)
+    assert set(keep.tolist()) == set(reference)
+    for index, score in zip(keep.tolist(), kept_scores.tolist()):
+        assert score == pytest.approx(reference[index], abs=1e-5)
+    relabelled_keep, relabelled_scores = soft_nms(boxes, scores, labels - 1189, 0.5, method, 0.5, score_threshold=1e-3)
+    assert torch.equal(relabelled_keep, keep) and torch.equal(relabelled_scores, kept_scores)  # ids do not matter
+
+
+def test_nothing_above_the_threshold_gives_an_empty_result():
+    keep, scores = soft_nms(BOXES, torch.full((3,), 1e-5), LABELS, score_threshold=1e-4)
+    assert keep.shape == (0,) and keep.dtype == torch.int64 and scores.shape == (0,)
