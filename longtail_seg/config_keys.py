@@ -24,12 +24,19 @@ def reject_unknown_keys(section: str, given: Iterable[str], allowed: Iterable[st
 
 
 def is_int(value: Any) -> bool:
-    """An integer (Python or NumPy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    """An integer (Python or NumPy), not a bool. Plain ints take the fast path: results and annotation files hold
+    millions of them, and an ABC ``isinstance`` costs several times an exact type test."""
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
 
 def is_number(value: Any) -> bool:
-    """A finite int or float (Python or NumPy), not a bool."""
+    """A finite int or float (Python or NumPy), not a bool; plain ints and floats (what JSON parses to) take the
+    fast path."""
+    kind = type(value)
+    if kind is int:
+        return True
+    if kind is float:
+        return math.isfinite(value)
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -4,6 +4,7 @@ truncated or corrupt JSON or torch file fails naming the file, where it breaks a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -52,6 +53,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes: which version of an input a checkpoint or a data check report is about."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- reading back -------------------------------------------------------------------------------------------------

@@ -158,7 +158,8 @@ TRAINING_CONFIGS = {"train": TrainConfig, "retrain": RetrainConfig}  # the two t
 def training_config(config: Mapping[str, Any], model: str, section: str) -> TrainConfig:
     """The checked ``TrainConfig`` (``section`` train) or ``RetrainConfig`` (retrain) of a model: the section with
     the model's own overrides; errors name the override (``models.<model>.<section>``) when it has one."""
-    return _section_config(TRAINING_CONFIGS[section], config, model, section)
+    path = f"models.{model}.{section}" if section in config["models"][model] else section
+    return _build(TRAINING_CONFIGS[section], _with_overrides(config, model, section), path)
 
 
 def training_job_settings(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:
@@ -176,12 +177,6 @@ def training_run_settings(config: Mapping[str, Any], model: str, section: str) -
 def _with_overrides(config: Mapping[str, Any], model: str, section: str) -> dict[str, Any]:
     """The top-level ``section`` (``train`` / ``retrain``) updated with ``models.<model>.<section>``."""
     return {**config[section], **config["models"][model].get(section, {})}
-
-
-def _section_config(cls: Any, config: Mapping[str, Any], model: str, section: str) -> Any:
-    """``cls`` built from ``_with_overrides``; errors name the model's override when it has one."""
-    path = f"models.{model}.{section}" if section in config["models"][model] else section
-    return _build(cls, _with_overrides(config, model, section), path)
 
 
 def model_job_settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,4 +44,5 @@ rule evaluate:
         "../envs/longtail_seg.yaml"
     shell:
         "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
-        " --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
+        " --predictions {input.predictions:q} --checked {input.check:q}"
+        " --out {output.metrics:q} > {log:q} 2>&1"

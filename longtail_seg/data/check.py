@@ -12,20 +12,20 @@ and lists the first ``max_listed`` (record, what is wrong, the fix) with the cou
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from longtail_seg.data.lvis_io import DatasetError, dataset_problems, image_path, is_json_number, load_json
+from longtail_seg.config_keys import is_number
+from longtail_seg.data.lvis_io import DatasetError, dataset_problems, image_path, load_json
 from longtail_seg.data.masks import compressed_counts, counts_problem, polygon_problem
+from longtail_seg.io_utils import file_sha256
 
 ROLES = ("train", "eval")
 EXECUTORS = ("thread", "process")
@@ -114,6 +114,7 @@ def check_dataset(
         "annotation_sha256": file_sha256(annotation_file),
         "image_root": None if image_root is None else str(image_root),
         "role": role,
+        "require_masks": require_masks,
         "num_images": len(images),
         "num_annotations": len(annotations),
         "num_categories": len(data["categories"]),
@@ -168,7 +169,7 @@ def annotation_problems(ann: dict, height: int, width: int, require_masks: bool 
     """Problems of one annotation against its image's size: the box and the segmentation."""
     where = f"annotation id {ann.get('id', '?')} (image id {ann['image_id']})"
     bbox = ann.get("bbox")
-    if isinstance(bbox, list) and len(bbox) == 4 and all(is_json_number(v) for v in bbox):  # else lvis_io says so
+    if isinstance(bbox, list) and len(bbox) == 4 and all(map(is_number, bbox)):  # else lvis_io says so
         problem = box_problem(bbox, height, width)
         if problem is not None:
             yield f"{where}: bbox {bbox} {problem}; {FIX_ANNOTATION}"
@@ -284,12 +285,3 @@ def image_file_problem(path: str | os.PathLike, height: int, width: int) -> str 
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file: which version of the annotations a report is about."""
-    digest = hashlib.sha256()
-    with open(Path(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

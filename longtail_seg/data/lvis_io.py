@@ -7,7 +7,6 @@ annotation file learns what to repair instead of meeting a KeyError deep inside 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from longtail_seg.config_keys import is_number
 
 REQUIRED_TOP_LEVEL_KEYS = ("images", "annotations", "categories")
 FREQUENCY_GROUPS = ("r", "c", "f")
@@ -137,17 +138,11 @@ def _annotation_problems(ann: dict, image_ids: set, category_ids: set) -> Iterat
         yield (f"annotation id {ann_id}: category_id {ann['category_id']} is not in 'categories'; "
                "remove the annotation or add the category record")
     bbox = ann["bbox"]
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_json_number(v) for v in bbox):
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(is_number, bbox)):
         yield f"annotation id {ann_id}: bbox must be [x, y, width, height] (4 numbers), got {bbox}"
     elif not (bbox[2] > 0 and bbox[3] > 0):
         yield (f"annotation id {ann_id}: bbox {bbox} has non-positive width or height; "
                "drop the annotation or fix its box")
-
-
-def is_json_number(value: Any) -> bool:
-    """Whether a value parsed from JSON is a finite number (exact int/float types, not bool, str, NaN or inf): the
-    fast form of ``config_keys.is_number`` for the millions of coordinates of an annotation file."""
-    return type(value) in (int, float) and math.isfinite(value)
 
 
 def image_path(image: dict[str, Any], image_root: str | os.PathLike) -> Path:

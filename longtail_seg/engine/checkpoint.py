@@ -7,7 +7,6 @@ detector file is written by ``longtail_seg.models.detector.save_checkpoint`` ins
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from longtail_seg.engine.config import TrainConfig
-from longtail_seg.io_utils import CorruptFileError, atomic_path, load_torch_file
+from longtail_seg.io_utils import CorruptFileError, atomic_path, file_sha256, load_torch_file
 
 CHECKPOINT_FORMAT = "longtail_seg.training_state.v1"
 
@@ -98,12 +97,6 @@ def input_fingerprint(
         else:
             fingerprint[f"file:{name}"] = [os.fspath(path), file_sha256(path)]
     return fingerprint
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class CheckpointError(CorruptFileError):

@@ -50,47 +50,57 @@ def _check_results(results: list[dict], gt: Any, iou_types: Iterable[str], sourc
     would silently drop, reject or crash on."""
     images, category_ids = gt.imgs, set(gt.get_cat_ids())
     needs_segm = "segm" in iou_types
+    required = RESULT_KEYS | ({"segmentation"} if needs_segm else set())
     for index, result in enumerate(results):
-        where = f"{source}: result {index}"  # 0-based, as in the JSON list
-        if not isinstance(result, dict):
-            raise ValueError(f"{where} is a {type(result).__name__} ({_short(result)}), not a detection dict "
-                             f"with image_id, category_id, bbox, score; {RERUN_INFERENCE}")
-        missing = {"image_id", "category_id", "bbox", "score"} - set(result)
-        if needs_segm:
-            missing |= {"segmentation"} - set(result)
-        if missing:
-            fix = ("segm evaluation needs masks: run inference with masks or use --iou-types bbox"
-                   if missing == {"segmentation"} else RERUN_INFERENCE)
-            raise ValueError(f"{where} lacks {sorted(missing)}; {fix}")
-        for key in ("image_id", "category_id"):
-            if not is_int(result[key]):
-                raise ValueError(f"{where} has {key} {result[key]!r}, not an integer id; {RERUN_INFERENCE}")
-        if not is_number(result["score"]):
-            raise ValueError(f"{where} has score {result['score']!r}, not a finite number; {RERUN_INFERENCE}")
-        bbox = result["bbox"]
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
-            raise ValueError(f"{where} has bbox {_short(bbox)}, not [x, y, width, height] numbers; "
-                             f"{RERUN_INFERENCE}")
-        image = images.get(result["image_id"])
-        if image is None:
-            raise ValueError(f"{where} has image_id {result['image_id']} that is not in the ground truth; "
-                             "predictions and annotations come from different splits (evaluate against the "
-                             "annotations the predictions were made on, or rerun inference on this split)")
-        segmentation = result.get("segmentation") if needs_segm else None
-        if needs_segm and not (isinstance(segmentation, dict) and "counts" in segmentation
-                               or isinstance(segmentation, list)):
-            raise ValueError(f"{where} has segmentation {_short(segmentation)}, not an RLE dict with size and "
-                             f"counts (or polygons); {RERUN_INFERENCE}")
-        size = segmentation.get("size") if isinstance(segmentation, dict) else None
-        if size is not None and list(size) != [image["height"], image["width"]]:
-            raise ValueError(f"{where} has a {size[0]}x{size[1]} mask on image "
-                             f"{result['image_id']} of {image['height']}x{image['width']}; encode masks at the "
-                             "original image size (pass scale= to detections_to_lvis_results)")
-        if result["category_id"] not in category_ids:
-            raise ValueError(f"{where} has category_id {result['category_id']} that is not in the ground truth "
-                             "categories; the predictions come from a model of another dataset, or the label -> "
-                             "category id mapping is wrong (evaluate against the annotations the model was trained "
-                             f"with, or {RERUN_INFERENCE})")
+        problem = _result_problem(result, images, category_ids, required, needs_segm)
+        if problem is not None:
+            raise ValueError(f"{source}: result {index} {problem}")  # 0-based, as in the JSON list
+
+
+RESULT_KEYS = frozenset({"image_id", "category_id", "bbox", "score"})
+
+
+def _result_problem(
+    result: Any, images: dict, category_ids: set[int], required: frozenset[str], needs_segm: bool
+) -> str | None:
+    """What is wrong with one detection, with the fix, or None (no message is built for a good one: this runs
+    once per detection, millions of times at LVIS val size)."""
+    if not isinstance(result, dict):
+        return (f"is a {type(result).__name__} ({_short(result)}), not a detection dict with image_id, "
+                f"category_id, bbox, score; {RERUN_INFERENCE}")
+    missing = required - result.keys()
+    if missing:
+        fix = ("segm evaluation needs masks: run inference with masks or use --iou-types bbox"
+               if missing == {"segmentation"} else RERUN_INFERENCE)
+        return f"lacks {sorted(missing)}; {fix}"
+    for key in ("image_id", "category_id"):
+        if not is_int(result[key]):
+            return f"has {key} {result[key]!r}, not an integer id; {RERUN_INFERENCE}"
+    if not is_number(result["score"]):
+        return f"has score {result['score']!r}, not a finite number; {RERUN_INFERENCE}"
+    bbox = result["bbox"]
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(is_number, bbox))):
+        return f"has bbox {_short(bbox)}, not [x, y, width, height] numbers; {RERUN_INFERENCE}"
+    image = images.get(result["image_id"])
+    if image is None:
+        return (f"has image_id {result['image_id']} that is not in the ground truth; predictions and annotations "
+                "come from different splits (evaluate against the annotations the predictions were made on, or "
+                "rerun inference on this split)")
+    segmentation = result.get("segmentation") if needs_segm else None
+    if needs_segm and not (isinstance(segmentation, dict) and "counts" in segmentation
+                           or isinstance(segmentation, list)):
+        return (f"has segmentation {_short(segmentation)}, not an RLE dict with size and counts (or polygons); "
+                f"{RERUN_INFERENCE}")
+    size = segmentation.get("size") if isinstance(segmentation, dict) else None
+    if size is not None and list(size) != [image["height"], image["width"]]:
+        return (f"has a {size[0]}x{size[1]} mask on image {result['image_id']} of {image['height']}x"
+                f"{image['width']}; encode masks at the original image size (pass scale= to "
+                "detections_to_lvis_results)")
+    if result["category_id"] not in category_ids:
+        return (f"has category_id {result['category_id']} that is not in the ground truth categories; the "
+                "predictions come from a model of another dataset, or the label -> category id mapping is wrong "
+                f"(evaluate against the annotations the model was trained with, or {RERUN_INFERENCE})")
+    return None
 
 
 def _short(value: Any) -> str:

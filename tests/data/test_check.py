@@ -255,3 +255,22 @@ def test_evaluate_rejects_a_ground_truth_with_a_bad_segmentation(small_lvis, tmp
     message = _evaluate(annotations, tmp_path)
     assert message.startswith(f"evaluate: {annotations}: the data check found 1 problem:"), message
     assert "annotation id 1 (image id 1): segmentation is an RLE of size [64, 64]" in message
+
+
+def test_evaluate_trusts_a_check_report_of_this_very_ground_truth_only(small_lvis, tmp_path, monkeypatch):
+    """The workflow's gate already checked the val file: evaluate.py skips its own check for a report of the same
+    contents, and checks again when the file changed since the report."""
+    annotations, image_root = small_lvis
+    report = tmp_path / "val_check.json"
+    script = load_workflow_script("check_dataset")
+    script.main(script.parse_args(["--annotations", str(annotations), "--image-root", str(image_root),
+                                   "--role", "eval", "--out", str(report), "--no-progress"]))
+    evaluate = load_workflow_script("evaluate")
+    calls = []
+    monkeypatch.setattr(evaluate, "check_dataset", lambda *args, **kwargs: calls.append(args))
+    evaluate.check_ground_truth(str(annotations), str(report), require_masks=True)
+    assert calls == []
+    _edit(annotations, lambda d: d["annotations"][0].update(bbox=[1, 1, 5, 5]))  # changed after the report
+    evaluate.check_ground_truth(str(annotations), str(report), require_masks=True)
+    evaluate.check_ground_truth(str(annotations), None, require_masks=True)
+    assert calls == [(str(annotations),), (str(annotations),)]
