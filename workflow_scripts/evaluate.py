@@ -6,7 +6,8 @@ and write metrics.json. Runs under Snakemake (rule evaluate) or by hand:
 
 The ground truth is checked first (structure, records, segmentations), unless --checked names a check_dataset report
 of this very file (same SHA-256): the workflow passes the report of its gate, so a val file is checked once, not
-once per evaluation.
+once per evaluation. The predictions file is read by hotcoco, not parsed in Python, unless a check finds a bad
+result to name (longtail_seg/evaluation/lvis_eval.py).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
-    evaluate_lvis,
+    evaluate_detections,
     format_metrics_table,
+    load_detections,
     load_ground_truth,
-    load_results,
     write_metrics,
 )
 from longtail_seg.io_utils import file_sha256, load_json_file
@@ -49,6 +49,8 @@ def check_ground_truth(annotations: str, report: str | None, require_masks: bool
         covers_masks = checked.get("require_masks", True) or not require_masks  # the script's reports always did
         if covers_masks and checked.get("annotation_sha256") == file_sha256(annotations):
             return
+    from longtail_seg.data.check import check_dataset  # imported only when the ground truth is checked here
+
     check_dataset(annotations, role="eval", require_masks=require_masks, progress=False)
 
 
@@ -56,13 +58,13 @@ def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     try:
         check_ground_truth(args.annotations, args.checked, require_masks="segm" in args.iou_types)
-        results = load_results(args.predictions)
         ground_truth = load_ground_truth(args.annotations)
-        metrics: dict = evaluate_lvis(ground_truth, results, args.iou_types, args.max_dets, source=args.predictions)
+        detections = load_detections(ground_truth, args.predictions, args.iou_types, args.max_dets)
+        metrics: dict = evaluate_detections(ground_truth, detections, args.iou_types, args.max_dets)
     except (ValueError, FileNotFoundError) as error:  # each names the file, the record and the fix
         raise SystemExit(f"evaluate: {error}") from None
     metrics["num_images"] = len(ground_truth.get_img_ids())
-    metrics["num_detections"] = len(results)
+    metrics["num_detections"] = detections.count
     write_metrics(args.out, metrics)
     print(format_metrics_table(metrics))
     print(f"{metrics['num_detections']} detections on {metrics['num_images']} images, "

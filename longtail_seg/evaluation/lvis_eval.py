@@ -2,6 +2,14 @@
 
 Metrics are reported in percent, like the report's tables; a metric whose group has no ground truth
 (e.g. APr on a split without rare categories) is ``None`` (lvis-api prints -1 there).
+
+A results file is read by hotcoco itself (no Python dict per detection: LVIS val has ~6M) and checked through what
+hotcoco reports plus one streaming count of mask records; only when one of those finds a problem is the file parsed
+in Python, to name the first bad result (0-based index) and the fix. Where lvis-api and hotcoco differ, lvis-api is
+followed: a detection whose box has zero width or height is dropped after the 300-per-image cap (lvis-api keeps
+annotations of area > 0 only). Deliberately stricter than lvis-api: a detection of a category the ground truth
+lacks is an error (lvis-api drops it silently), since it means a label-mapping or dataset mix-up; a detection of an
+image the ground truth lacks is an error in both.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +44,7 @@ def load_results(results: Results) -> list[dict]:
     raises naming the file and the fix."""
     if isinstance(results, list):
         return results
-    path = Path(results)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file {path} does not exist; run inference first")
+    path = _existing_file(results)
     loaded = load_json_file(path, "predictions file", RERUN_INFERENCE)
     if not isinstance(loaded, list):
         raise ValueError(f"{path}: LVIS results must be a JSON list of detection dicts, got "
@@ -114,11 +121,8 @@ def _percent(value: float) -> float | None:
     return None if value < 0 else 100.0 * float(value)
 
 
-def _evaluate_one(gt: Any, results: list[dict], iou_type: str, max_dets: int) -> dict[str, float | None]:
-    """Run hotcoco's LVISEval for one IoU type and return the AP metrics in percent."""
-    if iou_type == "bbox":  # masks are not needed: skip parsing them
-        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-    detections = hotcoco.LVISResults(gt, results, max_dets=max_dets)
+def _evaluate_one(gt: Any, detections: Any, iou_type: str, max_dets: int) -> dict[str, float | None]:
+    """Run hotcoco's LVISEval for one IoU type on capped detections and return the AP metrics in percent."""
     evaluator = hotcoco.LVISEval(gt, detections, iou_type)
     evaluator.params.max_dets = [max_dets]
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # summarize() prints a table
@@ -128,6 +132,99 @@ def _evaluate_one(gt: Any, results: list[dict], iou_type: str, max_dets: int) ->
         evaluator.summarize()
     raw = evaluator.get_results()
     return {key: _percent(raw[key]) for key in METRIC_KEYS}
+
+
+POSITIVE_AREA = (float.fromhex("0x0.0000000000001p-1022"), float("inf"))  # hotcoco's area ranges include the bounds
+MASK_MARKER = b'"counts"'  # once per RLE mask in a results file (RLE strings never hold a quote)
+READ_CHUNK = 1 << 24
+
+
+@dataclass
+class Detections:
+    """Results loaded by hotcoco, capped per image, and how many detections the input held before the cap."""
+
+    results: Any
+    count: int
+
+
+def load_detections(
+    gt: Any, results: Results, iou_types: Iterable[str], max_dets: int = LVIS_MAX_DETS_PER_IMAGE,
+    source: str | os.PathLike | None = None,
+) -> Detections:
+    """Load results into hotcoco (a path is parsed by hotcoco, not by Python), keep each image's ``max_dets``
+    best-scored, drop zero-area boxes as lvis-api does; a bad result raises naming ``source``, its index and the fix.
+    """
+    iou_types = tuple(iou_types)
+    in_memory = isinstance(results, list)
+    source = str(source if source is not None else IN_MEMORY if in_memory else results)
+    if in_memory:
+        _check_results(results, gt, iou_types, source)  # the dicts exist already: checking them is cheap
+        if "segm" not in iou_types:  # masks are not needed: skip parsing them
+            results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+        payload: Any = results
+    else:
+        payload = str(_existing_file(results))
+        if not _opens_a_list(payload):  # hotcoco reads a JSON object as no results
+            _diagnose(gt, results, iou_types, source)
+    try:
+        loaded = hotcoco.LVISResults(gt, payload, max_dets=max_dets)
+    except ValueError as error:  # hotcoco names a line and column at best: find the result
+        _diagnose(gt, results, iou_types, source)
+        raise ValueError(f"{source}: hotcoco cannot read these results ({error}); {RERUN_INFERENCE}") from None
+    ids = loaded.get_ann_ids()
+    count = len(results) if in_memory else _count_in_file(payload, b'"image_id"', ids)
+    if not in_memory and (_hotcoco_found_problems(gt, loaded)
+                          or "segm" in iou_types and _count_in_file(payload, MASK_MARKER) != count):
+        _diagnose(gt, results, iou_types, source)  # raises on a bad result; polygon masks pass
+    return Detections(_without_zero_area_boxes(loaded, ids, max_dets), count)
+
+
+def _existing_file(results: str | os.PathLike) -> Path:
+    path = Path(results)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist; run inference first")
+    return path
+
+
+def _opens_a_list(path: str) -> bool:
+    """Whether the file's JSON text starts with ``[`` (its first 4 KiB suffice for any sane whitespace)."""
+    with open(path, "rb") as file:
+        return file.read(4096).lstrip().startswith(b"[")
+
+
+def _count_in_file(path: str, marker: bytes, ids: list[int] | None = None) -> int:
+    """Occurrences of ``marker`` in the file, read in chunks. With ``ids`` (hotcoco's result ids: 1-based positions
+    in the file, kept by the cap) and none missing below the highest, their count, with no reading (a cap that
+    dropped only the file's last results goes unseen there: inference writes at most 300 per image)."""
+    if ids is not None and (not ids or max(ids) == len(ids)):
+        return len(ids)
+    total, tail = 0, b""
+    with open(path, "rb") as file:
+        while chunk := file.read(READ_CHUNK):
+            total += (tail + chunk).count(marker)  # a marker cut by the chunk boundary is found here
+            tail = chunk[-(len(marker) - 1):]  # shorter than the marker: nothing is counted twice
+    return total
+
+
+def _hotcoco_found_problems(gt: Any, loaded: Any) -> bool:
+    """Whether hotcoco saw results of images or categories the ground truth lacks, or results without a score."""
+    report = gt.healthcheck(loaded)
+    codes = {item["code"] for item in report["errors"] + report["warnings"]}
+    return bool(codes & {"dt_orphan_image_id", "dt_orphan_category_id", "dt_missing_score"})
+
+
+def _diagnose(gt: Any, results: Results, iou_types: tuple[str, ...], source: str) -> None:
+    """Parse the results in Python and raise naming the first bad one; return if every result is fine."""
+    _check_results(load_results(results), gt, iou_types, source)
+
+
+def _without_zero_area_boxes(loaded: Any, ids: list[int], max_dets: int) -> Any:
+    """lvis-api evaluates annotations of area > 0 only (a detection's area is its box's): drop the others, after
+    the per-image cap as there."""
+    if len(loaded.get_ann_ids(area_rng=list(POSITIVE_AREA))) == len(ids):
+        return loaded
+    kept = loaded.filter(area_rng=list(POSITIVE_AREA), drop_empty_images=False)
+    return kept.cap_detections_per_image(max_dets)  # marks it capped, so LVISEval does not cap it again
 
 
 def load_ground_truth(gt_json_path: str | os.PathLike) -> Any:
@@ -166,12 +263,15 @@ def evaluate_lvis(
         raise ValueError(f"unknown iou types {sorted(unknown)}; choose from {IOU_TYPES}")
     is_path = isinstance(gt_json_path, (str, os.PathLike))
     gt = load_ground_truth(gt_json_path) if is_path else gt_json_path
-    if source is None:
-        source = IN_MEMORY if isinstance(results, list) else results
-    source = str(source)
-    results = load_results(results)
-    _check_results(results, gt, iou_types, source)
-    return {iou_type: _evaluate_one(gt, results, iou_type, int(max_dets)) for iou_type in iou_types}
+    detections = load_detections(gt, results, iou_types, int(max_dets), source)
+    return evaluate_detections(gt, detections, iou_types, int(max_dets))
+
+
+def evaluate_detections(
+    gt: Any, detections: Detections, iou_types: Iterable[str] = IOU_TYPES, max_dets: int = LVIS_MAX_DETS_PER_IMAGE
+) -> dict[str, dict[str, float | None]]:
+    """AP metrics in percent per IoU type of detections from :func:`load_detections`."""
+    return {iou_type: _evaluate_one(gt, detections.results, iou_type, max_dets) for iou_type in iou_types}
 
 
 def format_metrics_table(metrics: dict[str, dict[str, float | None]]) -> str:
