@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
@@ -49,8 +50,6 @@ def check_ground_truth(annotations: str, report: str | None, require_masks: bool
         covers_masks = checked.get("require_masks", True) or not require_masks  # the script's reports always did
         if covers_masks and checked.get("annotation_sha256") == file_sha256(annotations):
             return
-    from longtail_seg.data.check import check_dataset  # imported only when the ground truth is checked here
-
     check_dataset(annotations, role="eval", require_masks=require_masks, progress=False)
 
 

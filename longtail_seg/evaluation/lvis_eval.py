@@ -201,8 +201,9 @@ def _count_in_file(path: str, marker: bytes, ids: list[int] | None = None) -> in
     total, tail = 0, b""
     with open(path, "rb") as file:
         while chunk := file.read(READ_CHUNK):
-            total += (tail + chunk).count(marker)  # a marker cut by the chunk boundary is found here
-            tail = chunk[-(len(marker) - 1):]  # shorter than the marker: nothing is counted twice
+            window = tail + chunk
+            total += window.count(marker)  # a marker cut by the chunk boundary is found here
+            tail = window[max(len(window) - len(marker) + 1, 0):]  # shorter than the marker: nothing is counted twice
     return total
 
 
