@@ -36,6 +36,7 @@ from torchvision.ops.poolers import initLevelMapper
 
 from longtail_seg.models.backbones import feature_strides
 from longtail_seg.models.classifiers import build_classifier
+from longtail_seg.models.postprocess import image_candidates, top_detections
 
 Targets = list[dict[str, torch.Tensor]]
 # Target entries with one row per instance (the rest, e.g. image_id or mosaic_tiles, describe the image).
@@ -326,24 +327,18 @@ class StandardRoIHeads(nn.Module):
     ) -> Targets:
         """torchvision's postprocess_detections from class probabilities [R, C+1] and decoded per-class boxes
         [R, C+1, 4]: per image, one candidate per (RoI, foreground class) above ``score_thresh``, small boxes
-        removed, per-class NMS, the ``detections_per_img`` best."""
-        num_classes = scores.shape[-1]
+        removed, per-class NMS, the ``detections_per_img`` best.
+
+        The NMS is exact in float64 and runs on the best candidates first (``models/postprocess.py``): the same
+        detections as NMS over every candidate, ties broken by candidate order, at any class count.
+        """
         boxes_per_image = [len(p) for p in proposals]
         detections = []
-        for boxes, image_scores, image_shape in zip(
+        for class_boxes, class_scores, image_shape in zip(
             pred_boxes.split(boxes_per_image, 0), scores.split(boxes_per_image, 0), image_shapes
         ):
-            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-            labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(image_scores)
-            # drop the background column, then one candidate per (RoI, class)
-            boxes = boxes[:, 1:].reshape(-1, 4)
-            image_scores = image_scores[:, 1:].reshape(-1)
-            labels = labels[:, 1:].reshape(-1)
-            keep = torch.where(image_scores > self.score_thresh)[0]
-            boxes, image_scores, labels = boxes[keep], image_scores[keep], labels[keep]
-            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-            boxes, image_scores, labels = boxes[keep], image_scores[keep], labels[keep]
-            keep = box_ops.batched_nms(boxes, image_scores, labels, self.nms_thresh)[: self.detections_per_img]
+            boxes, image_scores, labels = image_candidates(class_scores, class_boxes, image_shape, self.score_thresh)
+            keep = top_detections(boxes, image_scores, labels, self.nms_thresh, self.detections_per_img)
             detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
         return detections
 

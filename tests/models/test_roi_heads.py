@@ -186,3 +186,117 @@ def test_roi_feature_levels_must_be_consecutive_fpn_maps(levels) -> None:
 
     with pytest.raises(ValueError, match=r"model.roi_feature_levels must be (consecutive FPN maps|a non-empty list)"):
         resolve_model_cfg({"roi_feature_levels": levels})
+
+
+# ---------------------------------------------------------------------------------- post-processing at LVIS size
+
+LVIS_CLASSES, LVIS_ROIS, LVIS_IMAGE = 1203, 1000, (1600, 2400)  # image (height, width): coordinates up to 2400 px
+
+
+def _lvis_head_outputs(distribution: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class probabilities [R, C+1], decoded boxes [R, C+1, 4] and proposals [R, 4] shaped like LVIS inference.
+
+    RoIs cluster around 40 objects (so NMS suppresses). ``peaked``: trained-like softmax, background logit 12 and 20
+    classes per RoI at 6..13 (the object's class among them), ~20k (RoI, class) pairs above 1e-4; ``flat``: an
+    untrained classifier, logits N(0, 2.85^2), ~320k pairs above 1e-4."""
+    g = torch.Generator().manual_seed(seed)
+    height, width = LVIS_IMAGE
+    centres = torch.rand(40, 2, generator=g) * torch.tensor([width, height])
+    sizes = torch.rand(40, 2, generator=g) * 300 + 10
+    objects = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
+    owner = torch.randint(0, 40, (LVIS_ROIS,), generator=g)
+    proposals = objects[owner] + torch.randn(LVIS_ROIS, 4, generator=g) * 8
+    boxes = proposals[:, None, :] + torch.randn(LVIS_ROIS, LVIS_CLASSES + 1, 4, generator=g) * 4
+    if distribution == "flat":
+        logits = torch.randn(LVIS_ROIS, LVIS_CLASSES + 1, generator=g) * 2.85
+    else:
+        logits = torch.randn(LVIS_ROIS, LVIS_CLASSES + 1, generator=g)
+        logits[:, 0] += 12
+        classes = torch.randint(1, LVIS_CLASSES + 1, (LVIS_ROIS, 20), generator=g)
+        classes[:, 0] = LVIS_CLASSES - owner  # the object's class: ids near 1203
+        logits.scatter_(1, classes, 6 + 7 * torch.rand(LVIS_ROIS, 20, generator=g))
+    return logits.softmax(dim=-1), boxes, proposals
+
+
+def _straightforward_postprocess(scores, boxes, image_shape, score_thresh, nms_thresh, detections_per_img):
+    """The reference: every candidate (boxes clipped first, as torchvision does), one float64 NMS per class, ties
+    broken by candidate index (score descending, then RoI-major candidate order)."""
+    from torchvision.ops import boxes as box_ops
+
+    num_rois, num_classes = scores.shape
+    boxes = box_ops.clip_boxes_to_image(boxes, image_shape)[:, 1:].reshape(-1, 4)
+    labels = torch.arange(1, num_classes).repeat(num_rois)
+    scores = scores[:, 1:].reshape(-1)
+    keep = torch.nonzero(scores > score_thresh).squeeze(1)
+    keep = keep[box_ops.remove_small_boxes(boxes[keep], 1e-2)]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    kept = []
+    by_class = torch.sort(labels, stable=True).indices
+    for members in by_class.split(torch.unique_consecutive(labels[by_class], return_counts=True)[1].tolist()):
+        members = members[torch.sort(scores[members], descending=True, stable=True).indices]
+        visit_order = -torch.arange(len(members), dtype=torch.float64)  # nms must visit `members` in this order
+        kept.append(members[box_ops.nms(boxes[members].double(), visit_order, nms_thresh)])
+    kept = torch.cat(kept).sort().values if kept else keep[:0]
+    kept = kept[torch.sort(scores[kept], descending=True, stable=True).indices][:detections_per_img]
+    return {"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}
+
+
+def _lvis_heads() -> StandardRoIHeads:
+    heads = build_detector(TEST_MODEL_CFG, num_classes=3).roi_heads
+    heads.score_thresh, heads.nms_thresh, heads.detections_per_img = 1e-4, 0.5, 300
+    return heads
+
+
+def _assert_same_detections(ours: dict, reference: dict) -> None:
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(ours[key], reference[key]), key
+
+
+@pytest.mark.parametrize("distribution, candidates", [("peaked", (15_000, 25_000)), ("flat", (250_000, 400_000))])
+def test_postprocess_at_lvis_size_equals_nms_over_every_candidate(distribution, candidates) -> None:
+    """1203 classes, 1000 RoIs, 300 detections: the same boxes, scores, labels and order as the straightforward
+    path, for a trained-like and an untrained score distribution."""
+    scores, boxes, proposals = _lvis_head_outputs(distribution)
+    assert candidates[0] < int((scores[:, 1:] > 1e-4).sum()) < candidates[1]
+    heads = _lvis_heads()
+    ours = heads.postprocess_detections(scores, boxes, [proposals], [LVIS_IMAGE])[0]
+    reference = _straightforward_postprocess(scores, boxes, LVIS_IMAGE, 1e-4, 0.5, 300)
+    assert len(ours["boxes"]) == 300 and ours["labels"].max() > 1190
+    _assert_same_detections(ours, reference)
+
+
+def test_postprocess_edge_cases_at_lvis_class_ids() -> None:
+    """No candidate, fewer than 300, one class only, duplicate boxes with equal scores, zero-area boxes."""
+    heads = _lvis_heads()
+    scores, boxes, proposals = _lvis_head_outputs("peaked", seed=1)
+    scores, boxes, proposals = scores[:200], boxes[:200], proposals[:200]
+    nothing = torch.zeros_like(scores)
+    nothing[:, 0] = 1
+    one_class = nothing.clone()
+    one_class[:, 1203] = torch.rand(200, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.01
+    few = torch.where(scores >= scores[:, 1:].flatten().topk(150).values[-1], scores, torch.zeros(()))  # 150
+    # RoIs 0 and 1 tie (0.3) with boxes of IoU 0.6, RoI 2 (0.2) overlaps RoI 1's by 0.6 and RoI 0's by 0.33: visiting
+    # RoI 0 first keeps RoIs 0 and 2, visiting RoI 1 first would keep RoI 1 alone. RoIs 3..199 duplicate RoI 0.
+    ties, tie_boxes = nothing.clone(), boxes.clone()
+    ties[:3, 1203] = torch.tensor([0.3, 0.3, 0.2])
+    ties[3:, 1203] = 0.3
+    tie_boxes[:3, 1203] = torch.tensor([[100.0, 100, 200, 200], [125, 100, 225, 200], [150, 100, 250, 200]])
+    tie_boxes[3:, 1203] = tie_boxes[0, 1203]
+    zero_area = boxes.clone()
+    zero_area[::2, :, 2] = zero_area[::2, :, 0]  # every second RoI's boxes have zero width
+    cases = {"nothing": (nothing, boxes), "few": (few, boxes), "one class": (one_class, boxes),
+             "ties": (ties, tie_boxes), "zero area": (scores, zero_area)}
+    for name, (case_scores, case_boxes) in cases.items():
+        ours = heads.postprocess_detections(case_scores, case_boxes, [proposals], [LVIS_IMAGE])[0]
+        reference = _straightforward_postprocess(case_scores, case_boxes, LVIS_IMAGE, 1e-4, 0.5, 300)
+        _assert_same_detections(ours, reference)
+        if name == "nothing":
+            assert [t.shape for t in ours.values()] == [(0, 4), (0,), (0,)]
+        if name == "few":
+            assert 0 < len(ours["boxes"]) < 300
+        if name == "one class":
+            assert set(ours["labels"].tolist()) == {1203} and len(ours["boxes"]) > 1
+        if name == "ties":
+            assert ours["boxes"].tolist() == tie_boxes[[0, 2], 1203].tolist()
+        if name == "zero area":
+            assert len(ours["boxes"]) == 300 and bool(((ours["boxes"][:, 2] - ours["boxes"][:, 0]) > 0).all())
