@@ -1,4 +1,5 @@
-"""Soft-NMS against hand-computed decays, class separation, and properties over random boxes (hypothesis)."""
+"""Soft-NMS against hand-computed decays, class separation, properties over random boxes (hypothesis), a float64
+per-class reference, and the one-box-at-a-time loop it vectorises."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou, nms
 
-from longtail_seg.inference.soft_nms import soft_nms
+from longtail_seg.inference.soft_nms import soft_nms, soft_nms_one_at_a_time
 
 # box 1 overlaps box 0 with IoU 0.6 (10x10 boxes, shifted by 2.5: 75 / 125); box 2 overlaps box 0 by 0.25
 BOXES = torch.tensor([[0.0, 0, 10, 10], [2.5, 0, 12.5, 10], [6.0, 0, 16, 10]])
@@ -142,3 +143,47 @@ def test_matches_a_float64_per_class_reference_at_lvis_class_ids_and_sizes(metho
 def test_nothing_above_the_threshold_gives_an_empty_result():
     keep, scores = soft_nms(BOXES, torch.full((3,), 1e-5), LABELS, score_threshold=1e-4)
     assert keep.shape == (0,) and keep.dtype == torch.int64 and scores.shape == (0,)
+
+
+@st.composite
+def crowded_detections(draw):
+    """Up to 60 boxes on a coarse grid (duplicates, zero-area boxes, equal scores), a few labels near 1203."""
+    n = draw(st.integers(0, 60))
+    corner = st.tuples(st.integers(0, 12), st.integers(0, 12))
+    size = st.tuples(st.integers(0, 8), st.integers(0, 8))
+    corners = draw(st.lists(corner, min_size=n, max_size=n))
+    sizes = draw(st.lists(size, min_size=n, max_size=n))
+    boxes = torch.tensor([[x, y, x + w, y + h] for (x, y), (w, h) in zip(corners, sizes)], dtype=torch.float32)
+    scores = torch.tensor(draw(st.lists(st.sampled_from([1e-5, 0.05, 0.3, 0.3001, 0.9]), min_size=n, max_size=n)))
+    labels = torch.tensor(draw(st.lists(st.sampled_from([3, 1201, 1203]), min_size=n, max_size=n)), dtype=torch.int64)
+    return boxes.reshape(n, 4) * 200, scores.reshape(n), labels.reshape(n)
+
+
+@settings(max_examples=100, deadline=None)
+@given(crowded_detections(), st.sampled_from(["linear", "gaussian"]), st.sampled_from([None, 0, 1, 7]),
+       st.sampled_from([1e-4, 0.1]))
+def test_all_classes_in_step_equal_the_one_box_at_a_time_loop(data, method, max_dets, score_threshold):
+    """Same picks, same order (ties by index), bit-identical decayed scores."""
+    boxes, scores, labels = data
+    expected = soft_nms_one_at_a_time(boxes, scores, labels, 0.5, method, 0.5, score_threshold, max_dets)
+    actual = soft_nms(boxes, scores, labels, 0.5, method, 0.5, score_threshold, max_dets)
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+    assert actual[0].dtype == torch.int64
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_a_ten_view_merge_at_lvis_size_equals_the_loop(method):
+    """3,000 boxes across 300 classes with ids up to 1203 and coordinates up to 2400 px, views of the same objects
+    (so boxes overlap), 300 kept: what multi-scale testing merges per image."""
+    g = torch.Generator().manual_seed(0)
+    objects = torch.rand(300, 2, generator=g) * 2000
+    object_boxes = torch.cat([objects, objects + torch.rand(300, 2, generator=g) * 380 + 20], dim=1)
+    owner = torch.randint(0, 300, (3000,), generator=g)
+    boxes = (object_boxes[owner] + torch.randn(3000, 4, generator=g) * 10).clamp(0, 2400)
+    scores = torch.rand(3000, generator=g)
+    labels = 1203 - owner
+    expected = soft_nms_one_at_a_time(boxes, scores, labels, 0.5, method, 0.5, 1e-4, 300)
+    actual = soft_nms(boxes, scores, labels, 0.5, method, 0.5, 1e-4, 300)
+    assert len(actual[0]) == 300
+    assert torch.equal(actual[0], expected[0])
+    torch.testing.assert_close(actual[1], expected[1], rtol=0, atol=1e-5)
