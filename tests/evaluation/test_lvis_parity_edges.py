@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from longtail_seg.evaluation.lvis_eval import evaluate_lvis
-from tests.evaluation.test_lvis_eval import GROUP_KEYS, SIZE, box_mask, detection, gt_as_detections, hand_gt  # noqa: F401
+from tests.evaluation.hand_lvis import GROUP_KEYS, SIZE, box_mask, detection, gt_as_detections
 
 COMPARED = GROUP_KEYS + ("APs", "APm", "APl")
 

@@ -12,7 +12,7 @@ import pytest
 from longtail_seg.evaluation import lvis_eval
 from longtail_seg.evaluation.lvis_eval import evaluate_lvis
 from tests.conftest import load_workflow_script
-from tests.evaluation.test_lvis_eval import SIZE, box_mask, detection, gt_as_detections, hand_gt  # noqa: F401
+from tests.evaluation.hand_lvis import SIZE, box_mask, detection, gt_as_detections
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 8, 9, 64])
