@@ -1,4 +1,9 @@
-"""Single-scale inference: run a detector over a dataset and return LVIS results (boxes + RLE masks)."""
+"""Single-scale inference: run a detector over a dataset and return LVIS results (boxes + RLE masks).
+
+A model with a ``detect`` method (``models/detector.py``) gives box-relative masks, encoded at the original image
+size from their box crops; any other model (e.g. torchvision's Mask R-CNN) is called as usual and its full-image
+masks are encoded.
+"""
 
 from __future__ import annotations
 
@@ -45,15 +50,19 @@ def predict_dataset(
     ``category_of`` maps a model label to a dataset category id (default: ``dataset.category_of``).
     """
     category_of = dataset_category_lookup(dataset, category_of, "predict_dataset")
+    detect = getattr(model, "detect", None)
 
     def predict_batch(images: list[torch.Tensor], targets: Sequence[Any]) -> list[dict]:
         results: list[dict] = []
-        for image, target, output in zip(images, targets, model(images)):
+        outputs = detect(images) if detect is not None else model(images)
+        for image, target, output in zip(images, targets, outputs):
             if not with_masks:
                 output = {key: value for key, value in output.items() if key != "masks"}
             scale, original_size = _back_to_original(image, target)
-            results.extend(detections_to_lvis_results(image_id_of(target), output, category_of,
-                                                      mask_threshold, max_dets, scale, original_size))
+            if detect is not None and original_size is None:
+                original_size = tuple(image.shape[-2:])
+            results.extend(detections_to_lvis_results(image_id_of(target), output, category_of, mask_threshold,
+                                                      max_dets, scale, original_size, box_relative=detect is not None))
         return results
 
     return run_over_dataset(model, dataset, predict_batch, device, batch_size, num_workers)

@@ -1,8 +1,11 @@
 """Detections -> LVIS results: the result dicts (xywh boxes, scores, dataset category ids, RLE masks) and the JSON.
 
-Shared by single-scale (``inference/predict.py``) and multi-scale testing (``inference/tta.py``). Mask encoding is
-the expensive part on CPU, so each detection's mask is thresholded only inside its (slightly enlarged) box, straight
-into one Fortran-ordered uint8 [H, W, N] stack, which a single ``pycocotools.mask.encode`` call turns into RLEs.
+Shared by single-scale (``inference/predict.py``) and multi-scale testing (``inference/tta.py``). Masks come
+box-relative ([N, 1, M, M], what ``Detector.detect`` and mask voting give): each is pasted only inside its box, at
+the original image size, and encoded from that crop (``inference/mask_rle.py``), so no full-image mask is ever
+built. Full-image masks ([N, 1, H, W], what a torchvision model's forward gives) are still accepted: each is
+thresholded only inside its (slightly enlarged) box, straight into one Fortran-ordered uint8 [H, W, N] stack, which
+a single ``pycocotools.mask.encode`` call turns into RLEs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
 from longtail_seg.inference.config import LVIS_MAX_DETS_PER_IMAGE
+from longtail_seg.inference.mask_rle import encode_box_masks
 from longtail_seg.io_utils import atomic_write_json
 
 # Mask R-CNN pastes its M x M mask into the box enlarged by (M + 2) / M (7% for M = 28) plus one pixel;
@@ -97,20 +101,25 @@ def encode_masks(
 
 
 def _rescale(output: dict, scale: tuple[float, float], image_size: tuple[int, int] | None) -> dict:
-    """Map a detection dict from the model's (resized) input pixels back to the original image."""
-    sx, sy = float(scale[0]), float(scale[1])
-    rescaled = dict(output)
-    rescaled["boxes"] = output["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=output["boxes"].dtype)
+    """Map a detection dict with full-image masks from the model's (resized) input pixels back to the original
+    image (boxes scaled, masks resized bilinearly)."""
+    rescaled = dict(output, boxes=_scaled_boxes(output["boxes"], scale))
     masks = output.get("masks")
     if masks is not None:
         in_h, in_w = masks.shape[-2:]
-        height, width = image_size if image_size is not None else (round(in_h * sy), round(in_w * sx))
+        height, width = image_size if image_size is not None else (round(in_h * scale[1]), round(in_w * scale[0]))
         masks = masks.reshape(-1, 1, in_h, in_w).float()
         if (height, width) != (in_h, in_w):
             masks = (F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
                      if masks.shape[0] else masks.new_zeros((0, 1, height, width)))
         rescaled["masks"] = masks
     return rescaled
+
+
+def _scaled_boxes(boxes: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
+    """xyxy boxes in model-input pixels -> original pixels (original = input * (sx, sy))."""
+    sx, sy = float(scale[0]), float(scale[1])
+    return boxes * torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=boxes.device)
 
 
 def detections_to_lvis_results(
@@ -121,40 +130,71 @@ def detections_to_lvis_results(
     max_dets: int = LVIS_MAX_DETS_PER_IMAGE,
     scale: tuple[float, float] | None = None,
     image_size: tuple[int, int] | None = None,
+    box_relative: bool = False,
 ) -> list[dict]:
     """Convert one image's detector output to LVIS result dicts, keeping the ``max_dets`` highest scores.
 
-    ``output`` holds boxes [N, 4] xyxy, labels [N] (1..C), scores [N] and optionally masks [N, 1, H, W]
-    probabilities. ``scale = (sx, sy)`` maps model-input pixels to original pixels (original = input * s);
-    masks are then resized to ``image_size = (height, width)``, by default the input size times the scale.
+    ``output`` holds boxes [N, 4] xyxy, labels [N] (1..C), scores [N] and optionally masks. ``scale = (sx, sy)``
+    maps model-input pixels to original pixels (original = input * s); ``image_size = (height, width)`` is the
+    original image's. With ``box_relative`` the masks are [N, 1, M, M] probabilities inside each box (pasted at the
+    original size with the scaled boxes, as torchvision's postprocess pastes; ``image_size`` required); otherwise
+    [N, 1, H, W] full-image probabilities in input pixels, resized to ``image_size`` (by default the input size
+    times the scale).
     """
-    to_category = _category_lookup(category_ids_of_labels)
-    masks = output.get("masks")  # large: never copied whole on CPU, only the kept ones are read
+    if box_relative and output.get("masks") is not None and image_size is None:
+        raise ValueError("box-relative masks need image_size=(height, width) of the image they are pasted into")
+    masks = output.get("masks")  # large or on the device: only the kept ones are read
     output = {key: value.detach().cpu() for key, value in output.items() if torch.is_tensor(value) and key != "masks"}
     order = torch.argsort(output["scores"].float(), descending=True, stable=True)[: max(int(max_dets), 0)]
     output = {key: value[order] for key, value in output.items()}
-    if masks is not None and (masks.device.type != "cpu" or scale is not None):
-        masks, order = masks.detach()[order.to(masks.device)].cpu(), torch.arange(len(order))
-    if scale is not None:
-        output = _rescale({**output, "masks": masks} if masks is not None else output, scale, image_size)
-        masks = output.pop("masks", None)
-    boxes = output["boxes"].float()
     segmentations = None
-    if masks is not None:
-        segmentations = encode_masks(masks, mask_threshold, boxes, indices=order)
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    results = []
-    for index, (label, score) in enumerate(zip(output["labels"].tolist(), output["scores"].tolist())):
-        result = {
-            "image_id": int(image_id),
-            "category_id": int(to_category(int(label))),
-            "bbox": [round(value, 2) for value in xywh[index]],
-            "score": float(score),
-        }
-        if segmentations is not None:
-            result["segmentation"] = segmentations[index]
-        results.append(result)
-    return results
+    if box_relative:
+        boxes = output["boxes"] if scale is None else _scaled_boxes(output["boxes"], scale)
+        boxes = boxes.float()
+        if masks is not None:
+            segmentations = encode_box_masks(masks.detach()[order.to(masks.device)], boxes, image_size,
+                                             mask_threshold)
+    else:
+        if masks is not None and (masks.device.type != "cpu" or scale is not None):
+            masks, order = masks.detach()[order.to(masks.device)].cpu(), torch.arange(len(order))
+        if scale is not None:
+            output = _rescale({**output, "masks": masks} if masks is not None else output, scale, image_size)
+            masks = output.pop("masks", None)
+        boxes = output["boxes"].float()
+        if masks is not None:
+            segmentations = encode_masks(masks, mask_threshold, boxes, indices=order)
+    return result_dicts(image_id, boxes, output["labels"], output["scores"], category_ids_of_labels, segmentations)
+
+
+def result_dicts(
+    image_id: int,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    category_ids_of_labels: CategoryMap,
+    segmentations: list[dict] | None = None,
+) -> list[dict]:
+    """LVIS result dicts from one image's xyxy ``boxes`` [N, 4], ``labels`` and ``scores`` (and RLEs): bbox as
+    xywh rounded to 2 decimals, category ids looked up once per distinct label."""
+    boxes = boxes.detach().cpu().float()
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).numpy().astype(np.float64)
+    # float32 values times 100 are exact in float64, so numpy's rounding equals Python's round(value, 2)
+    bboxes = np.round(xywh, 2).tolist()
+    categories = _category_ids(labels.detach().cpu().numpy(), category_ids_of_labels)
+    image_id = int(image_id)
+    if segmentations is None:
+        return [{"image_id": image_id, "category_id": category, "bbox": bbox, "score": score}
+                for category, bbox, score in zip(categories, bboxes, scores.detach().cpu().tolist())]
+    return [{"image_id": image_id, "category_id": category, "bbox": bbox, "score": score, "segmentation": rle}
+            for category, bbox, score, rle in zip(categories, bboxes, scores.detach().cpu().tolist(), segmentations)]
+
+
+def _category_ids(labels: np.ndarray, category_ids_of_labels: CategoryMap) -> list[int]:
+    """Dataset category id of each model label (one lookup per distinct label)."""
+    to_category = _category_lookup(category_ids_of_labels)
+    distinct, inverse = np.unique(labels.astype(np.int64), return_inverse=True)
+    ids = np.array([int(to_category(int(label))) for label in distinct.tolist()], dtype=np.int64)
+    return ids[inverse.reshape(-1)].tolist()
 
 
 def image_id_of(target: Any) -> int:

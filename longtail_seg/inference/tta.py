@@ -10,10 +10,15 @@ Table 2, each switched on by a ``tests:`` key:
 * scale-adaptive merging: each scale contributes only objects of the sizes it sees best (``scale_ranges``: one
   [min, max] range of sqrt(box area) in original pixels per scale: small objects from the large scales);
 * multi-scale mask: the mask head runs on the merged boxes in every view (boxes mapped into that view, masks of
-  flipped views flipped back), and the box-relative M x M mask probabilities are averaged before pasting
-  (``mask_voting: true``); otherwise masks come from the first scale, unflipped.
+  flipped views flipped back), and the box-relative M x M mask probabilities are averaged (``mask_voting: true``);
+  otherwise masks come from the first scale, unflipped. The voted probabilities are encoded from their box crops
+  at the original image size (``inference/mask_rle.py``), never pasted into a full image.
 
-The backbone runs once per view; its features are kept for the mask step.
+Memory is bounded by one view at a time: a view's backbone features are freed as soon as its boxes are found, except
+those of the view processed last, which the mask step uses first; the mask step recomputes the features of every
+other view it needs, one view at a time (with mask voting off it needs only the first view, which is processed
+last, so nothing is recomputed). The views' boxes are merged in view order whatever order they ran in, so the
+results are those of keeping every view's features.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import batched_nms
 
 from longtail_seg.data.transforms import flip_boxes, resize, resized_size
@@ -58,10 +62,10 @@ class _ViewFeatures:
     factors: list[tuple[float, float]]
 
 
-def run_view(
-    model: torch.nn.Module, images: Sequence[torch.Tensor], view: View, max_size: int
-) -> tuple[_ViewFeatures, list[Detections]]:
-    """Detect boxes in one view of a batch; detections come back in original-image pixels."""
+def _view_inputs(
+    images: Sequence[torch.Tensor], view: View, max_size: int
+) -> tuple[list[torch.Tensor], list[tuple[float, float]]]:
+    """The images of a batch as one view sees them (resized, flipped), and each one's resize factors (fx, fy)."""
     inputs, factors = [], []
     for image in images:
         height, width = image.shape[-2:]
@@ -69,12 +73,28 @@ def run_view(
         resized, _ = resize(image, {}, size) if size != (height, width) else (image, {})
         inputs.append(resized.flip(-1) if view.flip else resized)
         factors.append((size[1] / width, size[0] / height))
+    return inputs, factors
+
+
+def run_view(
+    model: torch.nn.Module, images: Sequence[torch.Tensor], view: View, max_size: int
+) -> tuple[_ViewFeatures, list[Detections]]:
+    """Detect boxes in one view of a batch; detections come back in original-image pixels."""
+    inputs, factors = _view_inputs(images, view, max_size)
     features, image_sizes, detections = model.boxes_and_features(inputs)
     in_original = [
         dict(d, boxes=_to_original(d["boxes"], factor, size[1], view.flip))
         for d, factor, size in zip(detections, factors, image_sizes)
     ]
     return _ViewFeatures(view, features, image_sizes, factors), in_original
+
+
+def view_features(model: torch.nn.Module, images: Sequence[torch.Tensor], view: View, max_size: int) -> _ViewFeatures:
+    """The backbone features of one view of a batch, recomputed for the mask step (the same values ``run_view``
+    computed: same inputs, same backbone)."""
+    inputs, factors = _view_inputs(images, view, max_size)
+    image_list, _ = model.transform(inputs)
+    return _ViewFeatures(view, model.backbone(image_list.tensors), list(image_list.image_sizes), factors)
 
 
 def _to_original(boxes: torch.Tensor, factor: tuple[float, float], view_width: int, flip: bool) -> torch.Tensor:
@@ -129,6 +149,27 @@ def merge_detections(
     raise ValueError(f"merge method must be 'nms' or 'soft_nms', got {method!r}")
 
 
+def view_mask_probs(
+    model: torch.nn.Module, view: _ViewFeatures, boxes: list[torch.Tensor], labels: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Per image, the box-relative mask probabilities [N, 1, M, M] one view gives the boxes (original pixels) for
+    their labels, flipped back for a flipped view."""
+    in_view = [_to_view(b, factor, size[1], view.view.flip)
+               for b, factor, size in zip(boxes, view.factors, view.image_sizes)]
+    probs = model.roi_heads.class_mask_probs(view.features, in_view, labels, view.image_sizes)
+    return [p.flip(-1) if view.view.flip else p for p in probs]
+
+
+def mean_over_views(per_view: Sequence[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per image, the mean of the views' mask probabilities, summed in view order."""
+    if not per_view:
+        raise ValueError("mask voting needs at least one view")
+    total = list(per_view[0])
+    for probs in per_view[1:]:
+        total = [t + p for t, p in zip(total, probs)]
+    return [t / len(per_view) for t in total]
+
+
 def vote_masks(
     model: torch.nn.Module, views: Sequence[_ViewFeatures], boxes: list[torch.Tensor], labels: list[torch.Tensor]
 ) -> list[torch.Tensor]:
@@ -136,14 +177,7 @@ def vote_masks(
     boxes (original pixels) for their labels; masks of flipped views are flipped back first."""
     if not views:
         raise ValueError("vote_masks needs at least one view")
-    total: list[torch.Tensor] | None = None
-    for view in views:
-        in_view = [_to_view(b, factor, size[1], view.view.flip)
-                   for b, factor, size in zip(boxes, view.factors, view.image_sizes)]
-        probs = model.roi_heads.class_mask_probs(view.features, in_view, labels, view.image_sizes)
-        probs = [p.flip(-1) if view.view.flip else p for p in probs]
-        total = probs if total is None else [t + p for t, p in zip(total, probs)]
-    return [t / len(views) for t in total or []]
+    return mean_over_views([view_mask_probs(model, view, boxes, labels) for view in views])
 
 
 def predict_dataset_multiscale(
@@ -177,26 +211,61 @@ def _predict_batch(
     cfg: TestConfig,
     category_of: Callable[[int], int],
 ) -> list[dict]:
-    """Views -> merged boxes -> (voted) masks pasted in the original image -> LVIS results, for one batch."""
-    view_features, per_view = [], []
-    for view in views:
-        features, detections = run_view(model, images, view, cfg.max_size)
-        view_features.append(features)
-        per_view.append(detections)
+    """Views -> merged boxes -> (voted) box-relative masks -> LVIS results at the original size, for one batch."""
+    has_masks = model.roi_heads.has_mask()
+    mask_indices = list(range(len(views)))[mask_views] if has_masks else []
+    kept_index = max(mask_indices, key=lambda i: views[i].short_side) if mask_indices else None
+    per_view, kept = _detect_in_every_view(model, images, views, cfg.max_size, kept_index)
     merged = [
         merge_detections([detections[i] for detections in per_view], ranges, cfg.merge, cfg.merge_iou,
                          cfg.max_dets, cfg.soft_nms_method, model.roi_heads.score_thresh)
         for i in range(len(images))
     ]
-    has_masks = model.roi_heads.has_mask()
+    probs = None
     if has_masks:
-        probs = vote_masks(model, view_features[mask_views], [m["boxes"] for m in merged],
-                           [m["labels"] for m in merged])
+        boxes, labels = [m["boxes"] for m in merged], [m["labels"] for m in merged]
+        probs = _voted_mask_probs(model, images, views, mask_indices, kept, cfg.max_size, boxes, labels)
     results = []
     for index, (image, target, detections) in enumerate(zip(images, targets, merged)):
-        if has_masks:
-            detections = dict(detections, masks=paste_masks_in_image(probs[index], detections["boxes"],
-                                                                      tuple(image.shape[-2:])))
-        results.extend(detections_to_lvis_results(image_id_of(target), detections, category_of,
-                                                  cfg.mask_threshold, cfg.max_dets))
+        if probs is not None:
+            detections = dict(detections, masks=probs[index])
+        results.extend(detections_to_lvis_results(image_id_of(target), detections, category_of, cfg.mask_threshold,
+                                                  cfg.max_dets, image_size=tuple(image.shape[-2:]), box_relative=True))
     return results
+
+
+def _detect_in_every_view(
+    model: torch.nn.Module, images: list[torch.Tensor], views: list[View], max_size: int, kept_index: int | None
+) -> tuple[list[list[Detections]], dict[int, _ViewFeatures]]:
+    """Each view's detections (in view order), and {kept_index: that view's features} (empty for None). Views run
+    one at a time, ``kept_index`` last, so at most one view's features are alive at once."""
+    order = [i for i in range(len(views)) if i != kept_index] + ([kept_index] if kept_index is not None else [])
+    per_view: list[list[Detections]] = [[] for _ in views]
+    kept: dict[int, _ViewFeatures] = {}
+    for index in order:
+        features, per_view[index] = run_view(model, images, views[index], max_size)
+        if index == kept_index:
+            kept[index] = features
+        del features  # the next view must not run while this one's features are alive
+    return per_view, kept
+
+
+def _voted_mask_probs(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    views: list[View],
+    mask_indices: list[int],
+    kept: dict[int, _ViewFeatures],
+    max_size: int,
+    boxes: list[torch.Tensor],
+    labels: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """The mean over the views ``mask_indices`` of the merged boxes' mask probabilities: the kept view's features
+    first (taken out of ``kept``, so they are freed after use), then every other view's recomputed and freed in
+    turn; the sum is still taken in view order."""
+    per_view: dict[int, list[torch.Tensor]] = {}
+    for index in sorted(mask_indices, key=lambda i: i not in kept):
+        features = kept.pop(index) if index in kept else view_features(model, images, views[index], max_size)
+        per_view[index] = view_mask_probs(model, features, boxes, labels)
+        del features
+    return mean_over_views([per_view[index] for index in mask_indices])

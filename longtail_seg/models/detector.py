@@ -10,6 +10,7 @@ from a checkpoint file alone (weights + model config + dataset category ids).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -116,6 +117,26 @@ class Detector(GeneralizedRCNN):
             if id(module) in classifiers:
                 classifier_keys.update(f"{name}.{key}" for key in module.state_dict())
         return {key: value for key, value in self.state_dict().items() if key not in classifier_keys}
+
+    def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Inference without pasting: per image dict(boxes, labels, scores, masks) as ``forward`` gives in eval mode
+        (boxes in the pixels of the given image), except that masks stay the heads' [N, 1, M, M] box-relative
+        probabilities instead of being pasted into a full image each (``inference/mask_rle.py`` encodes them)."""
+        if self.training:
+            raise RuntimeError("Detector.detect is inference only: call model.eval() first")
+        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        image_list, _ = self.transform(images)
+        features = self.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = self.rpn(image_list, features)
+        detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+        masks = [detection.pop("masks", None) for detection in detections]
+        detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        for detection, mask in zip(detections, masks):
+            if mask is not None:
+                detection["masks"] = mask
+        return detections
 
     def boxes_and_features(
         self, images: list[torch.Tensor]
