@@ -1,15 +1,21 @@
 """Single-scale inference: predict_dataset with a stand-in model and dataset, detections mapped back to the original
-image size."""
+image size, and with a real (small) detector: exactly the results of torchvision's paste-then-encode."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from pycocotools import mask as mask_utils
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from longtail_seg.data.transforms import resize
 from longtail_seg.inference.predict import predict_dataset
 from longtail_seg.inference.results import write_results
+from longtail_seg.models.detector import build_detector
+from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset
 from tests.inference.test_results import decode
 
 
@@ -92,3 +98,60 @@ def test_predict_dataset_maps_resized_detections_back_to_original_size() -> None
         mask = decode(result["segmentation"])
         assert mask.shape == (24, 2 * (14 + [5, 6, 9].index(image_id)))
         assert mask.sum() == (x1 - x0) * (y1 - y0)
+
+
+def _small_detector() -> torch.nn.Module:
+    torch.manual_seed(3)
+    model = build_detector(TEST_MODEL_CFG, num_classes=3).eval()
+    model.roi_heads.detections_per_img = 40
+    return model
+
+
+def _paste_reference(image_id: int, output: dict, size: tuple[int, int], category_of) -> list[dict]:
+    """LVIS results the straightforward way: full-image masks thresholded, encoded by pycocotools, boxes as xywh."""
+    order = torch.argsort(output["scores"], descending=True, stable=True)
+    boxes, masks = output["boxes"][order], output["masks"][order]
+    if masks.shape[-2:] != size:  # box-relative: paste at the original size, as torchvision's postprocess does
+        masks = paste_masks_in_image(masks, boxes, size, padding=1)
+    stack = np.asfortranarray((masks[:, 0] >= 0.5).permute(1, 2, 0).numpy().astype(np.uint8))
+    rles = mask_utils.encode(stack) if len(boxes) else []
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    return [{"image_id": image_id, "category_id": category_of(int(label)), "bbox": [round(v, 2) for v in box],
+             "score": float(score), "segmentation": {"size": list(size), "counts": rle["counts"].decode("ascii")}}
+            for label, box, score, rle in zip(output["labels"][order].tolist(), xywh, output["scores"][order].tolist(),
+                                              rles)]
+
+
+def test_a_detector_gives_exactly_the_results_of_pasting_full_masks() -> None:
+    model, dataset = _small_detector(), FakeDetectionDataset(num_images=3, size=64)
+    category_of = lambda label: 1200 + label  # noqa: E731
+    results = predict_dataset(model, dataset, "cpu", batch_size=3, max_dets=40, category_of=category_of)
+    images, targets = zip(*(dataset[index] for index in range(len(dataset))))
+    expected = []
+    with torch.inference_mode():  # one batch, as predict_dataset ran it (batching changes the scores' last bits)
+        for target, output in zip(targets, model(list(images))):  # torchvision's forward: masks pasted in full images
+            expected += _paste_reference(target["image_id"], output, (64, 64), category_of)
+    assert len(results) > 30 and results == expected
+    assert sum(decode(r["segmentation"]).any() for r in results) > 10
+
+
+class ResizedDataset(FakeDetectionDataset):
+    """The fake images given to the model at 48 x 80 (a test transform), with their 64 x 64 size as orig_size."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target = super().__getitem__(index)
+        return resize(image, {}, (48, 80))[0], {"image_id": target["image_id"], "orig_size": (64, 64)}
+
+
+def test_a_detector_on_resized_images_pastes_its_masks_at_the_original_size() -> None:
+    model, dataset = _small_detector(), ResizedDataset(num_images=2, size=64)
+    category_of = lambda label: label  # noqa: E731
+    results = predict_dataset(model, dataset, "cpu", batch_size=2, max_dets=40, category_of=category_of)
+    images, targets = zip(*(dataset[index] for index in range(len(dataset))))
+    expected = []
+    with torch.inference_mode():
+        for target, output in zip(targets, model.detect(list(images))):
+            boxes = output["boxes"] * torch.tensor([64 / 80, 64 / 48, 64 / 80, 64 / 48])
+            expected += _paste_reference(target["image_id"], dict(output, boxes=boxes), (64, 64), category_of)
+    assert len(results) > 30 and results == expected
+    assert sum(decode(r["segmentation"]).any() for r in results) > 10

@@ -1,4 +1,5 @@
-"""Detections -> LVIS results: result format, top-k, RLE masks encoded inside their boxes, rescaling."""
+"""Detections -> LVIS results: result format, top-k, RLE masks encoded inside their boxes (full-image and
+box-relative masks), rescaling to the original image, category lookups up to 1203 classes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def decode(rle: dict) -> np.ndarray:
 
 
 def pasted_output(num: int, height: int, width: int, seed: int = 0, num_classes: int = 5) -> dict:
-    """A Mask R-CNN-like output: random boxes and 28x28 mask logits pasted with torchvision's own paste."""
+    """A Mask R-CNN-like output: random boxes and 28x28 mask probabilities pasted with torchvision's own paste (the
+    box-relative probabilities under "box_masks")."""
     gen = torch.Generator().manual_seed(seed)
     xy = torch.rand(num, 2, generator=gen) * torch.tensor([width, height])
     wh = 2 + torch.rand(num, 2, generator=gen) * torch.tensor([width, height]) / 2
@@ -31,6 +33,7 @@ def pasted_output(num: int, height: int, width: int, seed: int = 0, num_classes:
         "labels": torch.randint(1, num_classes + 1, (num,), generator=gen),
         "scores": torch.rand(num, generator=gen),
         "masks": paste_masks_in_image(probabilities, boxes, (height, width), padding=1),
+        "box_masks": probabilities,
     }
 
 
@@ -69,6 +72,7 @@ def test_bbox_is_rounded_to_two_decimals() -> None:
 
 def test_keeps_the_300_highest_scores() -> None:
     output = pasted_output(350, 32, 32, seed=1)
+    output.pop("box_masks")
     results = detections_to_lvis_results(1, output, {label: 10 * label for label in range(1, 6)})
     assert len(results) == 300
     kept = sorted(r["score"] for r in results)
@@ -83,6 +87,7 @@ def test_box_region_encoding_equals_whole_mask_encoding() -> None:
     # also for boxes at the image border and tiny ones.
     for height, width, seed in ((37, 53, 0), (128, 128, 1), (64, 200, 2)):
         output = pasted_output(120, height, width, seed=seed)
+        output.pop("box_masks")
         fast = encode_masks(output["masks"], 0.5, output["boxes"])
         whole = encode_masks(output["masks"], 0.5)
         assert [r["counts"] for r in fast] == [r["counts"] for r in whole]
@@ -110,3 +115,59 @@ def test_no_detections_give_no_results() -> None:
              "masks": torch.zeros(0, 1, 8, 8)}
     assert detections_to_lvis_results(1, empty, [1]) == []
     assert detections_to_lvis_results(1, empty, [1], scale=(2.0, 2.0)) == []
+
+
+def _encoded(masks: torch.Tensor, threshold: float = 0.5) -> list[str]:
+    """pycocotools' RLEs of thresholded full-image masks [N, 1, H, W]."""
+    stack = np.asfortranarray((masks[:, 0] >= threshold).permute(1, 2, 0).numpy().astype(np.uint8))
+    return [rle["counts"].decode("ascii") for rle in mask_utils.encode(stack)]
+
+
+def test_box_relative_masks_give_the_results_of_pasted_masks() -> None:
+    for height, width, seed in ((37, 53, 0), (64, 200, 2)):
+        output = pasted_output(120, height, width, seed=seed)
+        box_relative = dict(output, masks=output.pop("box_masks"))
+        categories = list(range(1000, 1005))
+        pasted = detections_to_lvis_results(4, output, categories, max_dets=100)
+        relative = detections_to_lvis_results(4, box_relative, categories, max_dets=100, image_size=(height, width),
+                                              box_relative=True)
+        assert relative == pasted and len(relative) == 100
+        order = torch.argsort(output["scores"], descending=True)[:100]
+        assert [r["segmentation"]["counts"] for r in relative] == _encoded(output["masks"][order])
+
+
+def test_box_relative_masks_are_pasted_at_the_original_size_with_the_scaled_boxes() -> None:
+    # the model saw the image at 40 x 64; the original is 25 x 40 (and 50 x 80): boxes are scaled first, then each
+    # mask pasted at the original size, as torchvision's postprocess does (no full mask resized afterwards)
+    output = pasted_output(60, 40, 64, seed=3)
+    box_relative = dict(output, masks=output.pop("box_masks"))
+    for (height, width) in ((25, 40), (50, 80)):
+        scale = (width / 64, height / 40)
+        results = detections_to_lvis_results(2, box_relative, [7] * 5, scale=scale, image_size=(height, width),
+                                             box_relative=True)
+        order = torch.argsort(output["scores"], descending=True)
+        scaled = output["boxes"][order] * torch.tensor([scale[0], scale[1], scale[0], scale[1]])
+        expected = paste_masks_in_image(box_relative["masks"][order], scaled, (height, width), padding=1)
+        assert [r["segmentation"]["counts"] for r in results] == _encoded(expected)
+        assert all(r["segmentation"]["size"] == [height, width] for r in results)
+        xywh = torch.cat([scaled[:, :2], scaled[:, 2:] - scaled[:, :2]], dim=1).tolist()
+        assert [r["bbox"] for r in results] == [[round(v, 2) for v in box] for box in xywh]
+    with pytest.raises(ValueError, match="image_size"):
+        detections_to_lvis_results(2, box_relative, [7] * 5, box_relative=True)
+
+
+def test_category_lookup_at_1203_classes_and_large_coordinates() -> None:
+    gen = torch.Generator().manual_seed(11)
+    xs, ys = (torch.sort(torch.rand(50, 2, generator=gen) * 2400, dim=1).values for _ in range(2))
+    boxes = torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=1)
+    output = {"boxes": boxes, "labels": torch.randint(1, 1204, (50,), generator=gen),
+              "scores": torch.rand(50, generator=gen)}
+    category_ids = [3 * label + 1 for label in range(1, 1204)]  # label l -> category_ids[l - 1]
+    results = detections_to_lvis_results(9, output, category_ids)
+    order = torch.argsort(output["scores"], descending=True)
+    assert [r["category_id"] for r in results] == [category_ids[label - 1] for label in output["labels"][order]]
+    xywh = torch.cat([boxes[order, :2], boxes[order, 2:] - boxes[order, :2]], dim=1)  # float32, as the results
+    assert [r["bbox"] for r in results] == [[round(v, 2) for v in box] for box in xywh.tolist()]
+    assert all(isinstance(r["category_id"], int) and isinstance(r["bbox"][0], float) for r in results)
+    with pytest.raises(ValueError, match="label 1204 outside 1..1203"):
+        detections_to_lvis_results(9, dict(output, labels=torch.full((50,), 1204)), category_ids)

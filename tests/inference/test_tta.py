@@ -1,12 +1,16 @@
 """Multi-scale + flip testing: single-view parity with single-scale inference, flip and resize geometry, the
-merge rules (NMS, soft-NMS, scale-adaptive ranges), mask voting, the test config, and the file-level entry."""
+merge rules (NMS, soft-NMS, scale-adaptive ranges), mask voting, the test config, and the file-level entry; the
+results equal those of the straightforward path (every view's features kept, voted masks pasted into the full
+image) while at most one view's features are alive at a time."""
 
 from __future__ import annotations
 
 import json
+import weakref
 
 import pytest
 import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.predict import predict_dataset
@@ -24,6 +28,7 @@ from longtail_seg.inference.tta import (
 )
 from longtail_seg.models.detector import build_detector, save_checkpoint
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset
+from tests.inference.test_predict import _paste_reference
 
 
 def _model(max_dets: int = 40) -> torch.nn.Module:
@@ -159,3 +164,60 @@ def test_views_without_detections_merge_to_nothing_and_give_no_results():
     results = predict_dataset_multiscale(model, FakeDetectionDataset(num_images=2, size=64), cfg,
                                          category_of=lambda label: label)
     assert results == []
+
+
+def _straightforward_multiscale(model, dataset, cfg: TestConfig, category_of) -> list[dict]:
+    """The multi-scale path as it was before bounding its memory, kept as the reference: one batch of the whole
+    dataset, every view's features kept, masks voted over the views, pasted into the full image, encoded."""
+    views, ranges = augmented_views(cfg.test_scales, cfg.flip), cfg.view_size_ranges()
+    images, targets = zip(*(dataset[index] for index in range(len(dataset))))
+    with torch.inference_mode():
+        features, per_view = zip(*(run_view(model, list(images), view, cfg.max_size) for view in views))
+        merged = [merge_detections([detections[i] for detections in per_view], ranges, cfg.merge, cfg.merge_iou,
+                                   cfg.max_dets, cfg.soft_nms_method, model.roi_heads.score_thresh)
+                  for i in range(len(images))]
+        voting_views = list(features) if cfg.mask_voting else [features[0]]
+        probs = vote_masks(model, voting_views, [m["boxes"] for m in merged], [m["labels"] for m in merged])
+    results = []
+    for image, target, detections, prob in zip(images, targets, merged, probs):
+        size = tuple(image.shape[-2:])
+        full = dict(detections, masks=paste_masks_in_image(prob, detections["boxes"], size, padding=1))
+        results += _paste_reference(target["image_id"], full, size, category_of)
+    return results
+
+
+class LiveFeatureCounter(torch.nn.Module):
+    """Wraps a backbone: counts its calls and, at each call, how many earlier calls' features are still alive."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.out_channels = backbone, backbone.out_channels
+        self.outputs: list[weakref.ref] = []
+        self.calls, self.most_alive = 0, 0
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.most_alive = max(self.most_alive, sum(ref() is not None for ref in self.outputs))
+        self.calls += 1
+        features = self.backbone(images)
+        self.outputs.append(weakref.ref(features["0"]))
+        return features
+
+
+@pytest.mark.parametrize("settings", [
+    {"merge": "soft_nms", "mask_voting": True, "scale_ranges": [[0, 40], [8, 1e9], [0, 1e9]]},
+    {"merge": "nms", "mask_voting": False},
+])
+def test_results_equal_keeping_every_view_while_one_view_at_a_time_is_alive(settings):
+    model = _model()
+    dataset = FakeDetectionDataset(num_images=2, size=64, sizes=[64, 48])
+    cfg = TestConfig.from_dict({"max_size": 200, "batch_size": 2, "max_dets": 40, "scales": [48, 64, 80],
+                                "flip": True, **settings})
+    category_of = lambda label: 1200 + label  # noqa: E731
+    expected = _straightforward_multiscale(model, dataset, cfg, category_of)
+    model.backbone = LiveFeatureCounter(model.backbone)
+    results = predict_dataset_multiscale(model, dataset, cfg, "cpu", category_of=category_of)
+    assert len(results) > 30 and results == expected
+    views = 6
+    # voting recomputes every view but the largest one, whose features are kept from the box pass
+    assert model.backbone.calls == (2 * views - 1 if cfg.mask_voting else views)
+    assert model.backbone.most_alive == 0  # no view's features alive while another view's backbone runs
