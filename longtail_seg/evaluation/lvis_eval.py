@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -134,7 +135,7 @@ def _evaluate_one(gt: Any, detections: Any, iou_type: str, max_dets: int) -> dic
     return {key: _percent(raw[key]) for key in METRIC_KEYS}
 
 
-POSITIVE_AREA = (float.fromhex("0x0.0000000000001p-1022"), float("inf"))  # hotcoco's area ranges include the bounds
+POSITIVE_AREA = (math.ulp(0.0), math.inf)  # hotcoco's area ranges include the bounds
 MASK_MARKER = b'"counts"'  # once per RLE mask in a results file (RLE strings never hold a quote)
 READ_CHUNK = 1 << 24
 
@@ -172,11 +173,10 @@ def load_detections(
         _diagnose(gt, results, iou_types, source)
         raise ValueError(f"{source}: hotcoco cannot read these results ({error}); {RERUN_INFERENCE}") from None
     ids = loaded.get_ann_ids()
-    count = len(results) if in_memory else _count_in_file(payload, b'"image_id"', ids)
-    if not in_memory and (_hotcoco_found_problems(gt, loaded)
-                          or "segm" in iou_types and _count_in_file(payload, MASK_MARKER) != count):
+    count = len(results) if in_memory else _results_in_file(payload, ids)
+    if not in_memory and _file_looks_wrong(loaded, payload, count, iou_types):
         _diagnose(gt, results, iou_types, source)  # raises on a bad result; polygon masks pass
-    return Detections(_without_zero_area_boxes(loaded, ids, max_dets), count)
+    return Detections(_without_zero_area_boxes(loaded, max_dets), count)
 
 
 def _existing_file(results: str | os.PathLike) -> Path:
@@ -192,26 +192,38 @@ def _opens_a_list(path: str) -> bool:
         return file.read(4096).lstrip().startswith(b"[")
 
 
-def _count_in_file(path: str, marker: bytes, ids: list[int] | None = None) -> int:
-    """Occurrences of ``marker`` in the file, read in chunks. With ``ids`` (hotcoco's result ids: 1-based positions
-    in the file, kept by the cap) and none missing below the highest, their count, with no reading (a cap that
-    dropped only the file's last results goes unseen there: inference writes at most 300 per image)."""
-    if ids is not None and (not ids or max(ids) == len(ids)):
+def _results_in_file(path: str, ids: list[int]) -> int:
+    """How many results the file holds. hotcoco's result ids are their 1-based positions in the file, kept by the
+    cap: with none missing below the highest, their count, without reading (a cap that dropped only the file's last
+    results goes unseen there; inference writes at most 300 per image); otherwise the file's image_id keys."""
+    if not ids or max(ids) == len(ids):
         return len(ids)
-    total, tail = 0, b""
+    return count_in_file(path, (b'"image_id"',))[0]
+
+
+def _file_looks_wrong(loaded: Any, path: str, count: int, iou_types: tuple[str, ...]) -> bool:
+    """Cheap signs of a bad result that hotcoco loaded silently: results of images or categories the ground truth
+    lacks (hotcoco's load warnings), fewer scores than results, fewer RLE masks than results (one streaming pass)."""
+    if loaded.load_warnings:
+        return True
+    markers = (b'"score"', MASK_MARKER) if "segm" in iou_types else (b'"score"',)
+    return any(found != count for found in count_in_file(path, markers))
+
+
+def count_in_file(path: str | os.PathLike, markers: tuple[bytes, ...]) -> list[int]:
+    """Occurrences of each marker (a string that cannot overlap itself, like a quoted key) in the file, in one pass
+    of fixed-size chunks, so memory stays flat."""
+    keep = max(len(marker) for marker in markers) - 1  # bytes of the previous chunks a cut marker can start in
+    totals = [0] * len(markers)
+    tail = b""  # the last ``keep`` bytes read so far
     with open(path, "rb") as file:
         while chunk := file.read(READ_CHUNK):
-            window = tail + chunk
-            total += window.count(marker)  # a marker cut by the chunk boundary is found here
-            tail = window[max(len(window) - len(marker) + 1, 0):]  # shorter than the marker: nothing is counted twice
-    return total
-
-
-def _hotcoco_found_problems(gt: Any, loaded: Any) -> bool:
-    """Whether hotcoco saw results of images or categories the ground truth lacks, or results without a score."""
-    report = gt.healthcheck(loaded)
-    codes = {item["code"] for item in report["errors"] + report["warnings"]}
-    return bool(codes & {"dt_orphan_image_id", "dt_orphan_category_id", "dt_missing_score"})
+            head = chunk[:keep]
+            seam = tail + head
+            for index, marker in enumerate(markers):  # whole in the chunk, plus cut by its start
+                totals[index] += chunk.count(marker) + seam.count(marker) - tail.count(marker) - head.count(marker)
+            tail = (tail + chunk[-keep:])[-keep:] if keep else b""
+    return totals
 
 
 def _diagnose(gt: Any, results: Results, iou_types: tuple[str, ...], source: str) -> None:
@@ -219,10 +231,10 @@ def _diagnose(gt: Any, results: Results, iou_types: tuple[str, ...], source: str
     _check_results(load_results(results), gt, iou_types, source)
 
 
-def _without_zero_area_boxes(loaded: Any, ids: list[int], max_dets: int) -> Any:
+def _without_zero_area_boxes(loaded: Any, max_dets: int) -> Any:
     """lvis-api evaluates annotations of area > 0 only (a detection's area is its box's): drop the others, after
     the per-image cap as there."""
-    if len(loaded.get_ann_ids(area_rng=list(POSITIVE_AREA))) == len(ids):
+    if not loaded.get_ann_ids(area_rng=[-math.inf, 0.0]):
         return loaded
     kept = loaded.filter(area_rng=list(POSITIVE_AREA), drop_empty_images=False)
     return kept.cap_detections_per_image(max_dets)  # marks it capped, so LVISEval does not cap it again

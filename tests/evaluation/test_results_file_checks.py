@@ -24,7 +24,9 @@ def test_marker_count_is_exact_across_chunk_boundaries(tmp_path: Path, monkeypat
     path = tmp_path / "file.json"
     path.write_bytes(text)
     monkeypatch.setattr(lvis_eval, "READ_CHUNK", chunk)
-    assert lvis_eval._count_in_file(str(path), b'"counts"') == text.count(b'"counts"') > 0
+    markers = (b'"counts"', b'"count', b's"', b"x")  # of different lengths, the shorter ones inside the longer
+    assert lvis_eval.count_in_file(path, markers) == [text.count(marker) for marker in markers]
+    assert text.count(b'"counts"') > 0
 
 
 def test_polygon_masks_in_a_file_pass_the_checks(hand_gt: Path, tmp_path: Path) -> None:
