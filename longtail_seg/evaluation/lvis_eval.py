@@ -4,18 +4,22 @@ Metrics are reported in percent, like the report's tables; a metric whose group 
 (e.g. APr on a split without rare categories) is ``None`` (lvis-api prints -1 there).
 
 A results file is read by hotcoco itself (no Python dict per detection: LVIS val has ~6M) and checked through what
-hotcoco reports plus one streaming count of mask records; only when one of those finds a problem is the file parsed
-in Python, to name the first bad result (0-based index) and the fix. Where lvis-api and hotcoco differ, lvis-api is
-followed: a detection whose box has zero width or height is dropped after the 300-per-image cap (lvis-api keeps
-annotations of area > 0 only). Deliberately stricter than lvis-api: a detection of a category the ground truth
-lacks is an error (lvis-api drops it silently), since it means a label-mapping or dataset mix-up; a detection of an
-image the ground truth lacks is an error in both.
+hotcoco rejects or warns about plus one streaming count of the score and RLE keys; only when one of those finds a
+problem is the file parsed in Python, to name the first bad result (0-based index) and the fix. Masks are sized
+against their image on the first result only there (a scale bug hits them all); a later mask of the wrong size or
+with corrupt counts goes unseen (hotcoco scores it as a miss). Results in memory get the full per-result check.
+
+Where lvis-api and hotcoco differ, lvis-api is followed: a detection whose box has zero width or height is dropped
+after the 300-per-image cap (lvis-api keeps annotations of area > 0 only). Deliberately stricter than lvis-api: a
+detection of a category the ground truth lacks is an error (lvis-api drops it silently), since it means a
+label-mapping or dataset mix-up; a detection of an image the ground truth lacks is an error in both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import warnings
@@ -165,8 +169,9 @@ def load_detections(
         payload: Any = results
     else:
         payload = str(_existing_file(results))
-        if not _opens_a_list(payload):  # hotcoco reads a JSON object as no results
-            _diagnose(gt, results, iou_types, source)
+        head = _file_head(payload)
+        if not head.startswith("[") or "segm" in iou_types and _first_mask_off_size(gt, head):
+            _diagnose(gt, results, iou_types, source)  # hotcoco reads a JSON object as no results
     try:
         loaded = hotcoco.LVISResults(gt, payload, max_dets=max_dets)
     except ValueError as error:  # hotcoco names a line and column at best: find the result
@@ -180,16 +185,29 @@ def load_detections(
 
 
 def _existing_file(results: str | os.PathLike) -> Path:
+    """The predictions path, or an error naming it and the fix."""
     path = Path(results)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist; run inference first")
     return path
 
 
-def _opens_a_list(path: str) -> bool:
-    """Whether the file's JSON text starts with ``[`` (its first 4 KiB suffice for any sane whitespace)."""
+def _file_head(path: str) -> str:
+    """The file's first 64 KiB as text, leading whitespace stripped."""
     with open(path, "rb") as file:
-        return file.read(4096).lstrip().startswith(b"[")
+        return file.read(1 << 16).decode("utf-8", errors="replace").lstrip()
+
+
+def _first_mask_off_size(gt: Any, head: str) -> bool:
+    """Whether the file's first result has an RLE mask of another size than its image: masks encoded at the test
+    scale instead of the image's are wrong in every result, and this is the one mask looked at on the fast path."""
+    try:
+        first, _ = json.JSONDecoder().raw_decode(head[1:].lstrip())
+        size = first["segmentation"]["size"]
+        image = gt.load_imgs([first["image_id"]])[0]
+    except (ValueError, LookupError, TypeError, AttributeError):  # cut, not a dict, or an unknown image: see later
+        return False
+    return list(size) != [image["height"], image["width"]]
 
 
 def _results_in_file(path: str, ids: list[int]) -> int:

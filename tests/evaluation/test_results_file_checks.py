@@ -49,3 +49,14 @@ def test_detection_count_includes_results_the_cap_dropped(hand_gt: Path, tmp_pat
                                              "--out", str(tmp_path / "metrics.json"), "--max-dets", "3"]))
     assert metrics["num_detections"] == 11
     assert metrics["bbox"]["APr"] < 100.0  # image 1's object of cat 1 was pushed out by the misses
+
+
+def test_masks_at_another_scale_are_named_from_a_file(hand_gt: Path, tmp_path: Path) -> None:
+    # Masks encoded at the test scale instead of the image's: the first result shows it, with the fix.
+    results = [detection(r["image_id"], r["category_id"], np.ones((SIZE // 2, SIZE), np.uint8), r["score"])
+               for r in gt_as_detections(hand_gt)]
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(ValueError, match=r"predictions\.json: result 0 has a 32x64 mask on image 1 of 64x64; encode"):
+        evaluate_lvis(hand_gt, path)
+    assert evaluate_lvis(hand_gt, path, iou_types=("bbox",))["bbox"]["AP"] < 100.0  # boxes need no mask
