@@ -145,3 +145,14 @@ def test_unknown_category_is_an_error_where_lvis_drops_it(hand_gt: Path, tmp_pat
     assert reference(hand_gt, results)["bbox"]["AP"] == pytest.approx(1.0)  # dropped there
     with pytest.raises(ValueError, match=r"predictions\.json: result 6 has category_id 77 that is not in the ground"):
         evaluate_lvis(hand_gt, from_file(tmp_path, results))
+
+
+def test_ties_at_the_300_cap_keep_file_order_like_lvis(hand_gt: Path, tmp_path: Path, reference) -> None:
+    # 300 misses and then image 1's true detections, all scored 0.5: the cap keeps the first 300 in file order.
+    misses = [detection(1, 1 + 2 * (i % 2), box_mask(SIZE, SIZE, 40 + i % 4, 40 + i // 4 % 4, 20, 20), 0.5)
+              for i in range(300)]
+    results = misses + gt_as_detections(hand_gt)
+    ours = evaluate_both_ways(hand_gt, results, tmp_path)
+    expected = reference(hand_gt, results)
+    assert expected["bbox"]["APr"] < 0.5  # image 1's cat-1 object was cut by the cap
+    assert_same_as_reference(ours, expected)
