@@ -332,6 +332,13 @@ def run_size(num_images: int, args: argparse.Namespace, with_lvis: bool) -> list
     return rows
 
 
+def evaluator_versions() -> dict[str, str]:
+    """hotcoco's and lvis's installed versions."""
+    from importlib.metadata import version
+
+    return {package: version(package) for package in ("hotcoco", "lvis")}
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.bench_common import machine, markdown_table, write_results
 
@@ -339,15 +346,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for num_images in args.sizes:
         rows += run_size(num_images, args, with_lvis=num_images <= args.lvis_max_images)
     result = {"benchmark": "eval_speed", "detections_per_image": DETECTIONS_PER_IMAGE,
-              "iou_types": ["bbox", "segm"], "rows": rows, "machine": machine(),
+              "iou_types": ["bbox", "segm"], "rows": rows, "machine": machine(), "versions": evaluator_versions(),
               "note": "each evaluator in its own subprocess, ours and hotcoco alternating (medians of the rounds); "
                       "wall time includes starting Python, loading both files and evaluating bbox and segm; peak is "
                       "the subprocess's max RSS; lvis runs once, on the smaller sizes only"}
     columns = ["images", "evaluator", "wall_s", "peak_gib", "time_vs_hotcoco", "memory_vs_hotcoco", "AP_bbox",
                "AP_segm", "results_mib"]
+    versions = ", ".join(f"{package} {number}" for package, number in result["versions"].items())
     markdown = ("Evaluation of one results file (bbox + segm, 300 detections per image) against an LVIS-shaped "
-                "ground truth; ratios against bare hotcoco measured in the same run.\n\n"
-                + markdown_table(rows, columns))
+                f"ground truth; ratios against bare hotcoco measured in the same run ({versions}; ours and hotcoco "
+                f"alternating, medians of {args.rounds} rounds; lvis once).\n\n" + markdown_table(rows, columns))
     write_results("eval_speed", result, markdown, args.out_dir)
     print(markdown)
     return result
