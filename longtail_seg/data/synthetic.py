@@ -1,4 +1,4 @@
-"""Embedded long-tail demo dataset: coloured shapes with small marks, written in LVIS format.
+"""Embedded long-tail datasets of coloured shapes with small marks, written in LVIS format.
 
 192 categories = 8 shapes x 6 colours x 4 marks (none, dark dot, short bar, thin outline). The unmarked
 categories plus two per mark take the head of a log-linear long tail; every rare category is therefore a
@@ -6,14 +6,21 @@ marked variant of a more frequent parent, the fine-grained confusion that decoup
 ("data C" of the demo design notes, measured to give an LVIS-like gap). Generation runs in two stages:
 :func:`plan_split` samples the layout of every image (categories, sizes, positions, occlusion checked on masks,
 no pixels), and :func:`render_image` paints one planned image; both are deterministic for a seed.
+
+The LVIS-shaped mode (:func:`generate_lvis_dataset`, the workflow's LVIS rehearsal) reuses the same planning,
+placement and painting for LVIS v1's 1203 categories (the table shipped in ``lvis_v1_categories.csv``, each given a
+shape x colour x mark identity) at COCO's image and object sizes, with LVIS's long tail scaled to the split size and
+sparse ``neg_category_ids`` / ``not_exhaustive_category_ids``; images are COCO-style JPEGs found through ``coco_url``.
 """
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import io
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from longtail_seg.data.masks import encode_mask
+from longtail_seg.data.synthetic_config import DEMO_MIN_IMAGE_SIZE
 from longtail_seg.io_utils import atomic_path, atomic_write_json
 
 SHAPES = ("circle", "square", "triangle", "diamond", "hexagon", "star", "cross", "semicircle")
@@ -34,6 +42,21 @@ COLOURS = {
     "cyan": (40, 205, 215),
 }
 MARKS = ("none", "dot", "bar", "outline")
+
+
+def _extended_palette() -> dict[str, tuple[int, int, int]]:
+    """COLOURS plus 16 hues between them at two brightnesses: 38 colours, so that 8 shapes x 38 colours x 4 marks
+    (1216 identities) give each of LVIS's 1203 categories its own look."""
+    palette = dict(COLOURS)
+    for step in range(16):
+        hue = (step + 0.5) / 16
+        for suffix, value in (("", 0.92), ("_dark", 0.55)):
+            red, green, blue = colorsys.hsv_to_rgb(hue, 0.75, value)
+            palette[f"hue{round(hue * 360):03d}{suffix}"] = (round(255 * red), round(255 * green), round(255 * blue))
+    return palette
+
+
+PALETTE = _extended_palette()
 MARK_DESCRIPTIONS = {
     "none": "",
     "dot": " with a small dark dot in its centre",
@@ -57,7 +80,7 @@ SPLIT_CODES = {"train": 1, "val": 2, "unlabeled": 3}
 MIN_OBJECT_SIZE = 16  # longest object side in pixels at REFERENCE_IMAGE_SIZE; other sizes scale it
 MAX_OBJECT_SIZE = 44
 REFERENCE_IMAGE_SIZE = 128
-MIN_IMAGE_SIZE = 64
+MIN_IMAGE_SIZE = DEMO_MIN_IMAGE_SIZE
 MAX_OBJECTS_PER_IMAGE = 6
 DUPLICATE_PROBABILITY = 0.15  # chance that an image with room gets a second instance of a present category
 MIN_VISIBLE_FRACTION = 0.6  # an earlier object must keep this share of its pixels when a later one lands on it
@@ -66,6 +89,12 @@ MIN_VISIBLE_AREA = 40  # fewest visible pixels of an instance at REFERENCE_IMAGE
 PLACEMENT_TRIES = 40
 NOT_EXHAUSTIVE_FRACTION = 0.02
 SUPERSAMPLE = 4
+# Masks kept per (shape, mark, size): all of the demo's sizes, a bounded memory for the lvis mode's large objects
+MASK_CACHE_SIZE = 16384
+LARGE_BOX_SIDE = 96  # above this box side shape masks are drawn at 2x supersampling (the demo's objects are smaller)
+# The lvis mode (synthetic_lvis.py): COCO's image folders, and the fewest visible pixels an instance keeps
+COCO_FOLDERS = {"train": "train2017", "val": "val2017", "unlabeled": "unlabeled2017"}
+LVIS_MIN_VISIBLE_AREA = 32
 
 
 @dataclass(frozen=True)
@@ -107,10 +136,18 @@ class ImageLayout:
     split: str
     index: int  # position within its split, used to derive the render seed
     objects: tuple[PlacedObject, ...]
+    size: tuple[int, int] | None = None  # (height, width); None: the demo's square image_size
+    coco_style: bool = False  # COCO-style JPEG under {train,val,unlabeled}2017/ (the lvis mode)
 
     @property
     def file_name(self) -> str:
+        if self.coco_style:
+            return f"{COCO_FOLDERS[self.split]}/{self.image_id:012d}.jpg"
         return f"{self.split}/{self.image_id:06d}.png"
+
+    def dimensions(self, image_size: int) -> tuple[int, int]:
+        """(height, width) of the image: its own size, else the demo's square ``image_size``."""
+        return self.size if self.size is not None else (image_size, image_size)
 
     def category_indices(self) -> set[int]:
         return {obj.category_index for obj in self.objects}
@@ -157,14 +194,22 @@ def _largest_remainder_round(values: np.ndarray) -> np.ndarray:
     return floors
 
 
-def distinct_categories_per_image(total: int, num_images: int, rng: np.random.Generator) -> np.ndarray:
-    """Number of distinct categories per image (1..6) summing to ``total`` (capped at 6 per image)."""
-    total = int(np.clip(total, num_images, num_images * MAX_OBJECTS_PER_IMAGE))
+def distinct_categories_per_image(
+    total: int,
+    num_images: int,
+    rng: np.random.Generator,
+    *,
+    max_per_image: int = MAX_OBJECTS_PER_IMAGE,
+    spread: float = 1.4,
+) -> np.ndarray:
+    """Number of distinct categories per image (1..max_per_image, normal around the mean with sd ``spread``)
+    summing to ``total`` (capped at ``max_per_image`` per image)."""
+    total = int(np.clip(total, num_images, num_images * max_per_image))
     mean = total / num_images
-    counts = np.clip(np.round(rng.normal(mean, 1.4, size=num_images)), 1, MAX_OBJECTS_PER_IMAGE).astype(np.int64)
+    counts = np.clip(np.round(rng.normal(mean, spread, size=num_images)), 1, max_per_image).astype(np.int64)
     while counts.sum() != total:
         step = 1 if counts.sum() < total else -1
-        movable = np.flatnonzero((counts < MAX_OBJECTS_PER_IMAGE) if step > 0 else (counts > 1))
+        movable = np.flatnonzero((counts < max_per_image) if step > 0 else (counts > 1))
         chosen = rng.choice(movable, size=min(abs(total - counts.sum()), len(movable)), replace=False)
         counts[chosen] += step
     return counts
@@ -191,10 +236,12 @@ def assign_categories(targets: np.ndarray, capacity: np.ndarray, rng: np.random.
     return per_image
 
 
-@functools.cache
+@functools.lru_cache(maxsize=MASK_CACHE_SIZE)
 def shape_mask(shape: str, width: int, height: int) -> np.ndarray:
-    """Binary (height, width) mask of a shape filling its box, drawn supersampled with PIL and downsampled."""
-    s = SUPERSAMPLE
+    """Binary (height, width) mask of a shape filling its box, drawn supersampled with PIL and downsampled: a pixel
+    is in the mask when at least half of its subpixels are (SUPERSAMPLE per side; 2 for boxes over
+    LARGE_BOX_SIDE px, whose edges need less)."""
+    s = SUPERSAMPLE if max(width, height) <= LARGE_BOX_SIDE else 2
     canvas = Image.new("L", (width * s, height * s), 0)
     draw = ImageDraw.Draw(canvas)
     w, h = width * s - 1, height * s - 1
@@ -204,8 +251,8 @@ def shape_mask(shape: str, width: int, height: int) -> np.ndarray:
         draw.rectangle([0, 0, w, h], fill=255)
     else:
         draw.polygon([(px * w, py * h) for px, py in _unit_polygon(shape)], fill=255)
-    coverage = np.asarray(canvas, dtype=np.float32).reshape(height, s, width, s).mean(axis=(1, 3)) / 255.0
-    mask = coverage >= 0.5
+    inside = (np.asarray(canvas) >> 7).reshape(height * s, width, s).sum(axis=2, dtype=np.uint8)
+    mask = inside.reshape(height, s, width).sum(axis=1, dtype=np.uint8) * 2 >= s * s
     mask.setflags(write=False)
     return mask
 
@@ -243,7 +290,7 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
     return out
 
 
-@functools.cache
+@functools.lru_cache(maxsize=MASK_CACHE_SIZE)
 def mark_mask(shape: str, mark: str, width: int, height: int) -> np.ndarray:
     """Binary mask of a category's mark inside its shape box (all False for 'none').
 
@@ -287,13 +334,14 @@ def min_visible_area(image_size: int) -> int:
     return max(8, int(round(MIN_VISIBLE_AREA * (image_size / REFERENCE_IMAGE_SIZE) ** 2)))
 
 
-class _Canvas:
+class PlacementCanvas:
     """Occlusion bookkeeping while planning one image: which object owns each pixel, and which are marks."""
 
-    def __init__(self, image_size: int):
-        self.min_area = min_visible_area(image_size)
-        self.owner = np.full((image_size, image_size), -1, dtype=np.int16)
-        self.is_mark = np.zeros((image_size, image_size), dtype=bool)
+    def __init__(self, height: int, width: int, min_area: int):
+        self.height, self.width = height, width
+        self.min_area = min_area
+        self.owner = np.full((height, width), -1, dtype=np.int16)
+        self.is_mark = np.zeros((height, width), dtype=bool)
         self.visible: list[int] = []
         self.visible_mark: list[int] = []
         self.area: list[int] = []
@@ -348,15 +396,33 @@ def place_objects(
 
     An object that finds no position in PLACEMENT_TRIES tries is shrunk once, then dropped.
     """
-    canvas = _Canvas(image_size)
+
+    def box_size(position: int, category: Category, attempt: int) -> tuple[int, int]:
+        scale = image_size / REFERENCE_IMAGE_SIZE * (1.0 if attempt < PLACEMENT_TRIES else 0.7)
+        return _object_box_size(category, rng, scale)
+
+    canvas = PlacementCanvas(image_size, image_size, min_visible_area(image_size))
+    return place_on_canvas(category_indices, categories, canvas, rng, box_size, 2 * PLACEMENT_TRIES)
+
+
+def place_on_canvas(
+    category_indices: Iterable[int],
+    categories: list[Category],
+    canvas: PlacementCanvas,
+    rng: np.random.Generator,
+    box_size: Callable[[int, Category, int], tuple[int, int]],
+    attempts: int,
+) -> tuple[PlacedObject, ...]:
+    """Place objects in order at random positions on ``canvas``; ``box_size(position, category, attempt)`` draws
+    the box of a try (``position``: the object's place in the order), which must fit the canvas. An object with no
+    admissible position in ``attempts`` tries is dropped."""
     placed = []
-    for index in category_indices:
+    for position, index in enumerate(category_indices):
         category = categories[index]
-        for attempt in range(2 * PLACEMENT_TRIES):
-            scale = image_size / REFERENCE_IMAGE_SIZE * (1.0 if attempt < PLACEMENT_TRIES else 0.7)
-            width, height = _object_box_size(category, rng, scale)
-            x = int(rng.integers(0, image_size - width + 1))
-            y = int(rng.integers(0, image_size - height + 1))
+        for attempt in range(attempts):
+            width, height = box_size(position, category, attempt)
+            x = int(rng.integers(0, canvas.width - width + 1))
+            y = int(rng.integers(0, canvas.height - height + 1))
             body = shape_mask(category.shape, width, height)
             if canvas.fits(body, x, y):
                 canvas.paint(body, _protected_mark(category, width, height), x, y)
@@ -441,10 +507,13 @@ def render_image(
     """Paint one planned image: noisy background, grey clutter, then objects in order.
 
     Returns the (H, W, 3) uint8 image and, per surviving object, (category index, visible full-image mask).
+    A demo image is ``image_size`` square; an lvis-mode image has its own size, its clutter scaled to it.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_CODES[layout.split], 1, layout.index]))
-    image = _background(rng, image_size)
-    owner = np.full((image_size, image_size), -1, dtype=np.int16)
+    height, width = layout.dimensions(image_size)
+    clutter_scale = math.sqrt(height * width) / REFERENCE_IMAGE_SIZE if layout.coco_style else 1.0
+    image = _background(rng, height, width, clutter_scale)
+    owner = np.full((height, width), -1, dtype=np.int16)
     for number, obj in enumerate(layout.objects):
         category = categories[obj.category_index]
         body = shape_mask(category.shape, obj.width, obj.height)
@@ -453,42 +522,48 @@ def render_image(
         region[body] = _object_pixels(category, rng, body, marks)[body]
         owner[obj.y : obj.y + obj.height, obj.x : obj.x + obj.width][body] = number
     instances = []
+    min_area = min_visible_area(image_size) if not layout.coco_style else LVIS_MIN_VISIBLE_AREA
     for number, obj in enumerate(layout.objects):
         visible = owner == number
-        if visible.sum() >= min_visible_area(image_size):
+        if visible.sum() >= min_area:
             instances.append((obj.category_index, visible))
     return np.clip(image, 0, 255).astype(np.uint8), instances
 
 
-def _background(rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """Grey-ish background with a soft gradient, pixel noise and desaturated clutter (lines, blobs)."""
+def _background(rng: np.random.Generator, height: int, width: int, clutter_scale: float = 1.0) -> np.ndarray:
+    """Grey-ish background with a soft gradient, pixel noise and desaturated clutter (lines, blobs).
+
+    ``clutter_scale`` > 1 draws that many times larger pieces, and its square times as many.
+    """
     base = rng.uniform(70, 170) + rng.uniform(-15, 15, size=3)
-    ramp = np.linspace(-1, 1, image_size, dtype=np.float32)
-    gradient = rng.uniform(-20, 20) * ramp[:, None] + rng.uniform(-20, 20) * ramp[None, :]
-    image = base[None, None, :] + gradient[:, :, None] + rng.normal(0, 9, size=(image_size, image_size, 3))
+    ramp_y = np.linspace(-1, 1, height, dtype=np.float32)
+    ramp_x = np.linspace(-1, 1, width, dtype=np.float32)
+    gradient = rng.uniform(-20, 20) * ramp_y[:, None] + rng.uniform(-20, 20) * ramp_x[None, :]
+    image = base[None, None, :] + gradient[:, :, None] + rng.normal(0, 9, size=(height, width, 3))
     image = image.astype(np.float32)
-    for _ in range(int(rng.integers(4, 11))):
-        _draw_clutter(image, rng)
+    for _ in range(int(round(int(rng.integers(4, 11)) * clutter_scale**2))):
+        _draw_clutter(image, rng, clutter_scale)
     return image
 
 
-def _draw_clutter(image: np.ndarray, rng: np.random.Generator) -> None:
-    """One piece of low-saturation clutter: a thin line, a small rectangle or a small blob."""
-    size = image.shape[0]
+def _draw_clutter(image: np.ndarray, rng: np.random.Generator, scale: float = 1.0) -> None:
+    """One piece of low-saturation clutter: a thin line, a small rectangle or a small blob (sizes times ``scale``)."""
+    height, width = image.shape[:2]
     grey = rng.uniform(40, 220)
     colour = grey + rng.uniform(-18, 18, size=3)
     kind = rng.integers(3)
     if kind == 0:  # thin line
-        length = int(rng.integers(8, 30))
-        x0, y0 = rng.integers(0, size, size=2)
+        length = int(round(int(rng.integers(8, 30)) * scale))
+        x0, y0 = rng.integers(0, [width, height])
         angle = rng.uniform(0, np.pi)
         t = np.linspace(0, length, 2 * length)
-        xs = np.clip(np.round(x0 + t * np.cos(angle)), 0, size - 1).astype(int)
-        ys = np.clip(np.round(y0 + t * np.sin(angle)), 0, size - 1).astype(int)
+        xs = np.clip(np.round(x0 + t * np.cos(angle)), 0, width - 1).astype(int)
+        ys = np.clip(np.round(y0 + t * np.sin(angle)), 0, height - 1).astype(int)
         image[ys, xs] = colour
     else:
-        w, h = (int(v) for v in rng.integers(3, 9, size=2))
-        x0, y0 = (int(v) for v in rng.integers(0, size - 9, size=2))
+        w, h = (int(round(int(v) * scale)) for v in rng.integers(3, 9, size=2))
+        margin = int(round(9 * scale))
+        x0, y0 = (int(v) for v in rng.integers(0, [width - margin, height - margin]))
         patch = image[y0 : y0 + h, x0 : x0 + w]
         if kind == 1:
             patch[:] = colour
@@ -500,7 +575,7 @@ def _draw_clutter(image: np.ndarray, rng: np.random.Generator) -> None:
 
 def _object_pixels(category: Category, rng: np.random.Generator, body: np.ndarray, marks: np.ndarray) -> np.ndarray:
     """Fill colour of an object with brightness jitter and pixel noise; marks in a dark shade of the colour."""
-    colour = np.asarray(COLOURS[category.colour], dtype=np.float32) * rng.uniform(0.85, 1.08)
+    colour = np.asarray(PALETTE[category.colour], dtype=np.float32) * rng.uniform(0.85, 1.08)
     pixels = colour[None, None, :] + rng.normal(0, 7, size=body.shape + (3,)).astype(np.float32)
     pixels[marks] = colour * 0.18 + rng.normal(0, 4, size=(int(marks.sum()), 3))
     return pixels
@@ -568,13 +643,30 @@ def _image_record(
     }
 
 
+def annotation_records(
+    layout: ImageLayout, instances: list[tuple[int, np.ndarray]], categories: list[Category], first_id: int
+) -> list[dict]:
+    """LVIS annotations of a rendered image's visible instances (RLE, tight box, area), ids from ``first_id``."""
+    return [
+        {
+            "id": first_id + number,
+            "image_id": layout.image_id,
+            "category_id": categories[category_index].id,
+            "segmentation": encode_mask(visible),
+            "bbox": tight_box(visible),
+            "area": float(visible.sum()),
+        }
+        for number, (category_index, visible) in enumerate(instances)
+    ]
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes_atomically(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
@@ -596,18 +688,8 @@ def render_split(
     images, annotations = [], []
     for layout in layouts:
         pixels, instances = render_image(layout, categories, seed=seed, image_size=image_size)
-        _write_bytes(image_dir / layout.file_name, _encode_png(pixels))
-        for category_index, visible in instances:
-            annotations.append(
-                {
-                    "id": first_annotation_id + len(annotations),
-                    "image_id": layout.image_id,
-                    "category_id": categories[category_index].id,
-                    "segmentation": encode_mask(visible),
-                    "bbox": tight_box(visible),
-                    "area": float(visible.sum()),
-                }
-            )
+        write_bytes_atomically(image_dir / layout.file_name, _encode_png(pixels))
+        annotations += annotation_records(layout, instances, categories, first_annotation_id + len(annotations))
         present = {categories[index].id for index, _ in instances}
         images.append(_image_record(layout, present, all_ids, image_size, meta_rng, with_negatives=True))
         if progress is not None:
@@ -646,19 +728,18 @@ def generate_dataset(
             )
             next_annotation_id += len(rendered[split][1])
     category_list = category_records(categories, rendered["train"][1])
-    return _write_annotation_files(out_dir, rendered, category_list, seed=seed, image_size=image_size)
-
-
-def _write_annotation_files(
-    out_dir: Path, rendered: dict[str, tuple[list[dict], list[dict]]], category_list: list[dict], *, seed: int,
-    image_size: int,
-) -> dict[str, Path]:
-    """Write the four LVIS JSON files; unlabeled.json keeps the images only, its truth goes to the hidden file."""
     info = {
         "description": "longtail_seg synthetic long-tail demo: 8 shapes x 6 colours x 4 marks",
         "seed": seed,
         "image_size": image_size,
     }
+    return write_annotation_files(out_dir, rendered, category_list, info)
+
+
+def write_annotation_files(
+    out_dir: Path, rendered: dict[str, tuple[list[dict], list[dict]]], category_list: list[dict], info: dict
+) -> dict[str, Path]:
+    """Write the four LVIS JSON files; unlabeled.json keeps the images only, its truth goes to the hidden file."""
     annotation_dir = out_dir / "annotations"
     contents = {}
     for split, (images, split_annotations) in rendered.items():

@@ -250,3 +250,42 @@ def test_make_dataset_script_writes_the_dataset(tmp_path, capsys):
     assert "categories" in capsys.readouterr().out
     assert len(list((out / "images" / "train").glob("*.png"))) == 4
     assert load_lvis(out / "annotations" / "val.json", image_root=out / "images")["annotations"]
+
+
+def _reference_shape_mask(shape: str, width: int, height: int, supersample: int) -> np.ndarray:
+    """The straightforward downsampling: a pixel is in the mask when its subpixels' mean coverage is >= 0.5."""
+    from PIL import Image, ImageDraw
+
+    s = supersample
+    canvas = Image.new("L", (width * s, height * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    w, h = width * s - 1, height * s - 1
+    if shape == "circle":
+        draw.ellipse([0, 0, w, h], fill=255)
+    elif shape == "square":
+        draw.rectangle([0, 0, w, h], fill=255)
+    else:
+        draw.polygon([(px * w, py * h) for px, py in synthetic._unit_polygon(shape)], fill=255)
+    coverage = np.asarray(canvas, dtype=np.float64).reshape(height, s, width, s).mean(axis=(1, 3)) / 255.0
+    return coverage >= 0.5
+
+
+@pytest.mark.parametrize("shape", synthetic.SHAPES)
+def test_shape_masks_equal_the_coverage_reference_small_and_large(shape):
+    """4x supersampling up to LARGE_BOX_SIDE (every demo object), 2x above it (the lvis mode's large objects)."""
+    for width, height in ((8, 8), (16, 13), (44, 44), (96, 70), (97, 60), (400, 296), (6, 301)):
+        supersample = synthetic.SUPERSAMPLE if max(width, height) <= synthetic.LARGE_BOX_SIDE else 2
+        mask = synthetic.shape_mask(shape, width, height)
+        assert mask.shape == (height, width)
+        np.testing.assert_array_equal(mask, _reference_shape_mask(shape, width, height, supersample))
+        if supersample == 2:  # the coarser drawing differs from a 4x one along the outline only
+            fine = _reference_shape_mask(shape, width, height, 4)
+            assert (mask != fine).sum() <= 2 * (width + height)
+
+
+def test_make_dataset_script_rejects_an_image_size_in_the_lvis_mode(tmp_path, capsys):
+    module = load_workflow_script("make_dataset")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--out-dir", str(tmp_path), "--mode", "lvis", "--image-size", "640"])
+    assert "the lvis mode draws COCO's image sizes" in capsys.readouterr().err
+    assert module.parse_args(["--out-dir", str(tmp_path), "--mode", "lvis"]).image_size is None
