@@ -13,7 +13,8 @@ before       = the report's five scales (short sides 800-1600, long side <= 2400
                voted masks pasted into the full image, then encoded;
 after        = the same test through ``predict_dataset_multiscale``: one view's features alive at a time (the largest
                mask view's kept from the box pass, the others recomputed), voted masks encoded from their box crops;
-recompute_all= ``after`` with every view's features recomputed (none kept): what keeping the largest view saves.
+recompute_all= ``after`` with every view's features recomputed (none kept): what keeping the largest view saves;
+largest_view = ``after`` with the largest view alone (short side 1600, unflipped): the floor one view sets.
 
 The results of ``before``, ``after`` and ``recompute_all`` are compared (they must be identical).
 
@@ -52,7 +53,7 @@ MULTI_SCALE = {"scales": [800, 1000, 1200, 1400, 1600], "max_size": 2400, "batch
 QUICK_MODEL_CFG = {"backbone": "tiny", "roi_feature_levels": ["0", "1", "2"], "box_detections_per_img": 100}
 QUICK_MULTI_SCALE = {"scales": [96, 128], "max_size": 400, "batch_size": 1, "flip": True, "merge": "soft_nms",
                      "mask_voting": True}
-VARIANTS = ("single", "before", "after", "recompute_all")
+VARIANTS = ("single", "before", "after", "recompute_all", "largest_view")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,6 +163,9 @@ def _worker(variant: str, threads: int | None, quick: bool, results_path: str, q
         results = before_multiscale(model, OneImage(), cfg)
     elif variant == "after":
         results = tta.predict_dataset_multiscale(model, OneImage(), cfg)
+    elif variant == "largest_view":
+        largest = dict(cfg.__dict__, scales=(max(cfg.test_scales),), flip=False, scale_ranges=None)
+        results = tta.predict_dataset_multiscale(model, OneImage(), TestConfig(**largest))
     else:
         results = recompute_all_multiscale(model, OneImage(), cfg)
     seconds = time.perf_counter() - start
