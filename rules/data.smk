@@ -1,44 +1,15 @@
 from longtail_seg.data.synthetic_config import (
-    DEFAULT_MODE,
-    check_synthetic_settings,
-    synthetic_mode,
+    check_synthetic_datasets,
+    make_dataset_arguments,
+    synthetic_job_settings,
 )
 
-
-def check_synthetic_datasets():
-    """The generator settings of every synthetic dataset, checked while the DAG is built (an lvis-mode train
-    split too small for the 1203 categories, a key the mode does not read, ...)."""
-    for name, entry in config["datasets"].items():
-        if entry["source"] == "synthetic":
-            try:
-                check_synthetic_settings(
-                    entry["synthetic"], f"datasets.{name}.synthetic"
-                )
-            except ValueError as error:
-                raise config_error(error) from None
-
-
-check_synthetic_datasets()
-
-
-def synthetic_settings(dataset):
-    """The generator settings of a synthetic dataset, the make_dataset job's tracked parameter. `mode` is left
-    out when it is the default, so the demo's recorded parameters (and its generated data) are those from before
-    the key existed."""
-    settings = dict(dataset_config(dataset)["synthetic"])
-    if settings.get("mode") == DEFAULT_MODE:
-        del settings["mode"]
-    return settings
-
-
-def make_dataset_arguments(dataset):
-    """The generator settings as make_dataset.py options (shell-quoted by `{params.arguments:q}`)."""
-    settings = dataset_config(dataset)["synthetic"]
-    arguments = ["--mode", synthetic_mode(settings), "--seed", str(settings["seed"])]
-    for key in ("num_train", "num_val", "num_unlabeled", "image_size"):
-        if key in settings:
-            arguments += ["--" + key.replace("_", "-"), str(settings[key])]
-    return arguments
+# The generator settings of every synthetic dataset, checked while the DAG is built (an lvis-mode train split too
+# small for the 1203 categories, a key the mode does not read, ...).
+try:
+    check_synthetic_datasets(config["datasets"])
+except ValueError as error:
+    raise config_error(error) from None
 
 
 rule make_dataset:
@@ -57,9 +28,14 @@ rule make_dataset:
     conda:
         "../envs/longtail_seg.yaml"
     params:
-        settings=lambda wc: synthetic_settings(wc.dataset),
+        # tracked: `mode` left out when it is the default, so the demo's recorded parameters stay as they were
+        settings=lambda wc: synthetic_job_settings(
+            dataset_config(wc.dataset)["synthetic"]
+        ),
         # the same settings as options; a function of `output`, so Snakemake does not track them a second time
-        arguments=lambda wc, output: make_dataset_arguments(wc.dataset),
+        arguments=lambda wc, output: make_dataset_arguments(
+            dataset_config(wc.dataset)["synthetic"]
+        ),
     shell:
         "python workflow_scripts/make_dataset.py --out-dir data/{wildcards.dataset:q} {params.arguments:q}"
         " > {log:q} 2>&1"

@@ -47,3 +47,25 @@ def check_synthetic_settings(settings: Mapping[str, Any], path: str) -> None:
         raise ValueError(f"{path}.num_train: the lvis mode puts every one of the {LVIS_NUM_CATEGORIES} LVIS "
                          f"categories in at least one training image, at most {LVIS_MAX_CATEGORIES_PER_IMAGE} per "
                          f"image, so it needs num_train >= {LVIS_MIN_NUM_TRAIN}, got {settings['num_train']}")
+
+
+def check_synthetic_datasets(datasets: Mapping[str, Any]) -> None:
+    """``check_synthetic_settings`` on every dataset of ``datasets`` (the config section) with ``source: synthetic``."""
+    for name, entry in datasets.items():
+        if entry.get("source") == "synthetic":
+            check_synthetic_settings(entry["synthetic"], f"datasets.{name}.synthetic")
+
+
+def synthetic_job_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``synthetic`` section as the make_dataset job's tracked parameter: ``mode`` is left out when it is the
+    default, so the demo's recorded parameters (and its generated data) stay those from before the key existed."""
+    return {key: value for key, value in settings.items() if not (key == "mode" and value == DEFAULT_MODE)}
+
+
+def make_dataset_arguments(settings: Mapping[str, Any]) -> list[str]:
+    """A ``synthetic`` section as workflow_scripts/make_dataset.py options."""
+    arguments = ["--mode", synthetic_mode(settings), "--seed", str(settings["seed"])]
+    for key in ("num_train", "num_val", "num_unlabeled", "image_size"):
+        if key in settings:
+            arguments += ["--" + key.replace("_", "-"), str(settings[key])]
+    return arguments

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from longtail_seg.data.synthetic_config import LVIS_MIN_NUM_TRAIN, check_synthetic_settings, synthetic_mode
+from longtail_seg.data.synthetic_config import (
+    LVIS_MIN_NUM_TRAIN,
+    check_synthetic_datasets,
+    check_synthetic_settings,
+    make_dataset_arguments,
+    synthetic_job_settings,
+    synthetic_mode,
+)
 
 DEMO = {"seed": 0, "image_size": 128, "num_train": 10, "num_val": 2, "num_unlabeled": 0}
 LVIS = {"mode": "lvis", "seed": 0, "num_train": 400, "num_val": 4, "num_unlabeled": 4}
@@ -54,3 +61,21 @@ def test_the_checks_import_neither_torch_nor_numpy():
             "assert not {'torch', 'numpy'} & set(sys.modules), sorted({'torch', 'numpy'} & set(sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_synthetic_dataset_is_checked_and_files_on_disk_are_not():
+    check_synthetic_datasets({"demo": {"source": "synthetic", "synthetic": DEMO}, "real": {"source": "lvis"}})
+    with pytest.raises(ValueError, match="datasets.bad.synthetic.num_train"):
+        check_synthetic_datasets({"bad": {"source": "synthetic", "synthetic": {**LVIS, "num_train": 5}}})
+
+
+def test_job_settings_leave_out_only_the_default_mode():
+    assert synthetic_job_settings({**DEMO, "mode": "demo"}) == DEMO  # the demo's parameters from before the key
+    assert synthetic_job_settings(LVIS) == LVIS
+
+
+def test_make_dataset_arguments_name_each_setting():
+    assert make_dataset_arguments(LVIS) == ["--mode", "lvis", "--seed", "0", "--num-train", "400", "--num-val", "4",
+                                            "--num-unlabeled", "4"]
+    assert make_dataset_arguments(DEMO)[:2] == ["--mode", "demo"] and make_dataset_arguments(DEMO)[-2:] == [
+        "--image-size", "128"]
