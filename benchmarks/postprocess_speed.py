@@ -33,9 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_common import machine, markdown_table, write_results
 from torchvision.ops import boxes as box_ops
 
-from bench_common import machine, markdown_table, write_results
 from longtail_seg.inference.soft_nms import soft_nms, soft_nms_one_at_a_time
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.roi_heads import StandardRoIHeads, build_roi_heads
@@ -150,10 +150,11 @@ def main(args: argparse.Namespace) -> dict:
     rows: list[dict[str, Any]] = []
     for distribution in ("trained-like", "untrained"):
         scores, deltas, proposals = head_outputs(distribution, device, args.seed)
-        decode_s, boxes = timed(lambda: heads.box_coder.decode(deltas, [proposals]), device)
+        decode_s, boxes = timed(lambda: heads.box_coder.decode(deltas, [proposals]), device)  # noqa: B023 (run here)
         candidates = int((scores[:, 1:] > SCORE_THRESH).sum())
-        runs = {"old": lambda: straightforward_postprocess(scores, boxes),
-                "new": lambda: heads.postprocess_detections(scores, boxes, [proposals], [IMAGE_SHAPE])[0]}
+        # the lambdas run within this iteration, on this iteration's tensors
+        runs = {"old": lambda: straightforward_postprocess(scores, boxes),  # noqa: B023
+                "new": lambda: heads.postprocess_detections(scores, boxes, [proposals], [IMAGE_SHAPE])[0]}  # noqa: B023
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         outputs: dict[str, Any] = {}
         for _ in range(args.rounds):

@@ -32,8 +32,11 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, 
     return kept
 
 
+COORDINATES = st.integers(-40, 2400)
+
+
 @st.composite
-def detections(draw, coordinate=st.integers(-40, 2400)):
+def detections(draw, coordinate=COORDINATES):
     """Up to 40 boxes on a coarse grid (so duplicates, equal scores and IoUs exactly at the threshold occur), labels
     from a few ids near 1203."""
     n = draw(st.integers(0, 40))
