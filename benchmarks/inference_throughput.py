@@ -254,8 +254,10 @@ def _as_detections(results: list[dict]) -> dict:
 
 
 def agreement(ours: list[dict], stock: list[dict]) -> dict:
-    """How far the two top-300s agree: same count, same labels in order, boxes within 0.05 px, mask IoU."""
+    """How far the two top-300s agree: counts, labels in order, the largest box difference, and for up to 50 same-label
+    pairs per image the identical RLEs and the median IoU of non-empty masks."""
     same_labels, total, max_box_diff, mask_ious = 0, 0, 0.0, []
+    identical_rles, compared_rles = 0, 0
     for a, b in zip(ours, stock):
         count = min(len(a["labels"]), len(b["labels"]))
         total += max(len(a["labels"]), len(b["labels"]))
@@ -264,13 +266,17 @@ def agreement(ours: list[dict], stock: list[dict]) -> dict:
         if count:
             max_box_diff = max(max_box_diff, float((a["boxes"][:count] - b["boxes"][:count]).abs().max()))
             for index in torch.nonzero(same).flatten().tolist()[:50]:
-                mask_ious.append(float(mask_utils.iou([a["segmentation"][index]], [b["segmentation"][index]],
-                                                      [0])[0][0]))
+                rle_a, rle_b = a["segmentation"][index], b["segmentation"][index]
+                identical_rles += int(rle_a == rle_b)
+                compared_rles += 1
+                if mask_utils.area(rle_a) and mask_utils.area(rle_b):  # IoU of two empty masks is undefined
+                    mask_ious.append(float(mask_utils.iou([rle_a], [rle_b], [0])[0][0]))
     return {"detections_ours": sum(len(a["labels"]) for a in ours),
             "detections_stock": sum(len(b["labels"]) for b in stock),
             "same_label_fraction": same_labels / total if total else 1.0,
             "max_box_difference_px": max_box_diff,
-            "median_mask_iou": statistics.median(mask_ious) if mask_ious else None}
+            "identical_rle_fraction": identical_rles / compared_rles if compared_rles else None,
+            "median_mask_iou_nonempty": statistics.median(mask_ious) if mask_ious else None}
 
 
 def timed(run: Callable[[StageTimer], list[dict]], device: torch.device, autocast) -> tuple[dict, list[dict]]:
