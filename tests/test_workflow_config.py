@@ -388,7 +388,7 @@ BAD_VALUES = [
     ({"models": {"bgs_class_aware": {"retrain": {"grad_clip_norm": INF}}}},
      "models.bgs_class_aware.retrain.grad_clip_norm must be a number > 0 or null, got inf"),
     ({"tests": {"single_scale": {"mask_threshold": NAN}}},
-     "tests.single_scale: mask_threshold must be a number in [0, 1], got nan"),
+     "tests.single_scale: mask_threshold must be a number in (0, 1], got nan"),
     ({"model": {"box_nms_thresh": NAN}}, "model.box_nms_thresh must be a number in [0, 1], got nan"),
     ({"model": {"image_mean": [0.5, NAN, 0.5]}}, "model.image_mean must be 3 numbers, got [0.5, nan, 0.5]"),
 ]

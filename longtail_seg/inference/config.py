@@ -35,7 +35,7 @@ VALUE_CHECKS: dict[str, tuple[Any, dict[str, Any]]] = {
     "batch_size": (check_int, {"minimum": 1}),
     "num_workers": (check_int, {"minimum": 0}),
     "max_dets": (check_int, {"minimum": 1}),
-    "mask_threshold": (check_number, {"minimum": 0, "maximum": 1}),
+    "mask_threshold": (check_number, {"minimum": 0, "maximum": 1, "exclusive_minimum": True}),
     "flip": (check_bool, {}),
     "merge_iou": (check_number, {"minimum": 0, "maximum": 1}),
     "mask_voting": (check_bool, {}),

@@ -68,7 +68,7 @@ TEST_BAD: dict[str, tuple[str, list]] = {
     "batch_size": ("an integer >= 1", [0, "8", 2.5]),
     "num_workers": ("an integer >= 0", [-1, "0"]),
     "max_dets": ("an integer >= 1", [0, "300", None]),
-    "mask_threshold": ("a number in [0, 1]", [1.5, -0.1, "0.5", NAN, None]),
+    "mask_threshold": ("a number in (0, 1]", [0, 0.0, 1.5, -0.1, "0.5", NAN, None]),
     "scales": ("a non-empty list of positive integer short sides or null", [[], [0], [64.5], "64", 64, [64, "80"]]),
     "flip": ("true or false", [1, "true", None]),
     "merge": ("one of ['nms', 'soft_nms']", ["wbf", None]),
