@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchvision.ops import batched_nms
 
 from longtail_seg.data.transforms import flip_boxes, resize, resized_size
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.dataset_loop import dataset_category_lookup, run_over_dataset
 from longtail_seg.inference.results import detections_to_lvis_results, image_id_of
 from longtail_seg.inference.soft_nms import soft_nms
+from longtail_seg.models.postprocess import top_detections
 
 Detections = dict[str, torch.Tensor]
 
@@ -140,7 +140,7 @@ def merge_detections(
     scores = torch.cat([d["scores"] for d in kept])
     labels = torch.cat([d["labels"] for d in kept])
     if method == "nms":
-        order = batched_nms(boxes, scores, labels, iou_threshold)[:max_dets]
+        order = top_detections(boxes, scores, labels, iou_threshold, max_dets)  # exact at any class id and size
         return {"boxes": boxes[order], "scores": scores[order], "labels": labels[order]}
     if method == "soft_nms":
         order, decayed = soft_nms(boxes, scores, labels, iou_threshold, soft_nms_method,
