@@ -7,7 +7,7 @@ short side 800 at test). Each image ends as LVIS result dicts with RLE masks at 
 OURS  = our test resize, ``Detector`` (own-class mask head, exact pre-selected post-processing) and the
         box-crop RLE encoder of ``inference/results.py``;
 STOCK = torchvision's ``GeneralizedRCNN`` with its own ``RoIHeads`` (``FastRCNNPredictor`` holding our weights) and
-        ``GeneralizedRCNNTransform`` (its resize to 800 and its paste of every mask into the original image), then
+        ``GeneralizedRCNNTransform`` (given the same resized pixels; it pastes every mask into the original image),
         threshold and ``pycocotools.mask.encode`` of the full-image masks.
 
 A trained-like score distribution: an untrained classifier's softmax over 1204 classes is flat, so every
@@ -177,12 +177,28 @@ def encode_full_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]
     return rles
 
 
-def run_stock(model: GeneralizedRCNN, images: list[torch.Tensor], timer: StageTimer) -> list[dict]:
-    """torchvision's inference path, stage by stage (the calls of GeneralizedRCNN.forward and RoIHeads.forward)."""
+def resize_for_test(images: list[torch.Tensor], short_side: int, max_size: int) -> tuple[list, list]:
+    """Each image at the test size (our test transform), and the (sx, sy) that maps it back to the original."""
+    inputs, scales = [], []
+    for image in images:
+        height, width = image.shape[-2:]
+        size = resized_size(height, width, short_side, max_size)
+        inputs.append(resize(image, {}, size)[0])
+        scales.append((width / size[1], height / size[0]))
+    return inputs, scales
+
+
+def run_stock(model: GeneralizedRCNN, images: list[torch.Tensor], short_side: int, max_size: int,
+              timer: StageTimer) -> list[dict]:
+    """torchvision's inference path, stage by stage (the calls of GeneralizedRCNN.forward and RoIHeads.forward).
+
+    The images are resized as ours are, so both see the same pixels (torchvision's own resize to the same size
+    then scales by exactly 1); boxes and masks come back at the original size through its ``postprocess``."""
     heads = model.roi_heads
     original_sizes = [tuple(image.shape[-2:]) for image in images]
     with timer.stage("resize"):
-        image_list, _ = model.transform(images)
+        inputs, _ = resize_for_test(images, short_side, max_size)
+        image_list, _ = model.transform(inputs)
     with timer.stage("backbone"):
         features = model.backbone(image_list.tensors)
     with timer.stage("rpn"):
@@ -214,12 +230,7 @@ def run_ours(model: torch.nn.Module, images: list[torch.Tensor], short_side: int
     """Our inference path, stage by stage (the calls of Detector inference and inference/results.py)."""
     heads = model.roi_heads
     with timer.stage("resize"):
-        inputs, scales = [], []
-        for image in images:
-            height, width = image.shape[-2:]
-            size = resized_size(height, width, short_side, max_size)
-            inputs.append(resize(image, {}, size)[0])
-            scales.append((width / size[1], height / size[0]))
+        inputs, scales = resize_for_test(images, short_side, max_size)
         image_list, _ = model.transform(inputs)
     with timer.stage("backbone"):
         features = model.backbone(image_list.tensors)
@@ -303,7 +314,7 @@ def main(args: argparse.Namespace) -> dict:
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
-    run = {"stock": lambda timer: run_stock(stock, images, timer),
+    run = {"stock": lambda timer: run_stock(stock, images, short_side, max_size, timer),
            "ours": lambda timer: run_ours(ours, images, short_side, max_size, timer)}
     for _ in range(args.warmup):
         for name in run:
