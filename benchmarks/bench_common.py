@@ -29,6 +29,15 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def status_kib(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM: current and peak resident memory) in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def machine(device: str | torch.device | None = None) -> dict[str, Any]:
     """CPU, cores this process may use, Python / torch versions, the 1-minute load average, and the GPU if
     ``device`` is a CUDA device."""

@@ -188,6 +188,24 @@ def resize_for_test(images: list[torch.Tensor], short_side: int, max_size: int) 
     return inputs, scales
 
 
+def shared_stages(model: torch.nn.Module, images: list[torch.Tensor], short_side: int, max_size: int,
+                  timer: StageTimer) -> tuple:
+    """The stages both paths run alike (the same modules): resize and normalise, backbone, RPN, and the box head up
+    to its features (timed as box_head; each path adds its predictor). Returns (image_list, features, proposals,
+    box_features, scales back to the original sizes)."""
+    heads = model.roi_heads
+    with timer.stage("resize"):
+        inputs, scales = resize_for_test(images, short_side, max_size)
+        image_list, _ = model.transform(inputs)
+    with timer.stage("backbone"):
+        features = model.backbone(image_list.tensors)
+    with timer.stage("rpn"):
+        proposals, _ = model.rpn(image_list, features)
+    with timer.stage("box_head"):
+        box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+    return image_list, features, proposals, box_features, scales
+
+
 def run_stock(model: GeneralizedRCNN, images: list[torch.Tensor], short_side: int, max_size: int,
               timer: StageTimer) -> list[dict]:
     """torchvision's inference path, stage by stage (the calls of GeneralizedRCNN.forward and RoIHeads.forward).
@@ -196,15 +214,8 @@ def run_stock(model: GeneralizedRCNN, images: list[torch.Tensor], short_side: in
     then scales by exactly 1); boxes and masks come back at the original size through its ``postprocess``."""
     heads = model.roi_heads
     original_sizes = [tuple(image.shape[-2:]) for image in images]
-    with timer.stage("resize"):
-        inputs, _ = resize_for_test(images, short_side, max_size)
-        image_list, _ = model.transform(inputs)
-    with timer.stage("backbone"):
-        features = model.backbone(image_list.tensors)
-    with timer.stage("rpn"):
-        proposals, _ = model.rpn(image_list, features)
+    image_list, features, proposals, box_features, _ = shared_stages(model, images, short_side, max_size, timer)
     with timer.stage("box_head"):
-        box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
         class_logits, box_regression = heads.box_predictor(box_features)
     with timer.stage("postprocess"):
         boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals,
@@ -229,15 +240,9 @@ def run_ours(model: torch.nn.Module, images: list[torch.Tensor], short_side: int
              timer: StageTimer) -> list[dict]:
     """Our inference path, stage by stage (the calls of Detector inference and inference/results.py)."""
     heads = model.roi_heads
-    with timer.stage("resize"):
-        inputs, scales = resize_for_test(images, short_side, max_size)
-        image_list, _ = model.transform(inputs)
-    with timer.stage("backbone"):
-        features = model.backbone(image_list.tensors)
-    with timer.stage("rpn"):
-        proposals, _ = model.rpn(image_list, features)
+    image_list, features, proposals, box_features, scales = shared_stages(model, images, short_side, max_size,
+                                                                          timer)
     with timer.stage("box_head"):
-        box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
         class_logits, box_regression = heads.box_predictor(box_features)
         scores = heads.box_predictor.classifier.scores(class_logits)
         boxes = heads.box_coder.decode(box_regression, proposals)

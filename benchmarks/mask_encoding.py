@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_common import machine, markdown_table, write_results
+from bench_common import machine, markdown_table, status_kib, write_results
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
@@ -107,15 +107,6 @@ def _synchronise(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _peak_memory_worker(method: str, original_size: tuple[int, int], num: int, device: str, threads: int,
                         queue) -> None:
     torch.set_num_threads(threads)
@@ -125,9 +116,9 @@ def _peak_memory_worker(method: str, original_size: tuple[int, int], num: int, d
     # the high-water mark of this process alone (getrusage's maxrss inherits the parent's), reset to now
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     run(detections, original_size)
-    queue.put(round((_status_kib("VmHWM") - before) / 1024, 1))
+    queue.put(round((status_kib("VmHWM") - before) / 1024, 1))
 
 
 def peak_memory_mb(method: str, original_size: tuple[int, int], num: int, device: str, threads: int) -> float:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import machine, markdown_table, write_results
+from bench_common import machine, markdown_table, status_kib, write_results
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from longtail_seg.data.transforms import resize, resized_size
@@ -137,15 +137,6 @@ def recompute_all_multiscale(model: torch.nn.Module, dataset: OneImage, cfg: Tes
         tta._detect_in_every_view = keep_largest
 
 
-def _status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _worker(variant: str, threads: int | None, quick: bool, results_path: str, queue) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -155,7 +146,7 @@ def _worker(variant: str, threads: int | None, quick: bool, results_path: str, q
         model.detect([torch.rand(3, 64, 96)])
     with open("/proc/self/clear_refs", "w") as clear_refs:  # this process's own high-water mark, from now
         clear_refs.write("5")
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     start = time.perf_counter()
     if variant == "single":
         results = predict_dataset(model, OneImage(short_side=cfg.test_scales[0]), batch_size=1)
@@ -170,7 +161,7 @@ def _worker(variant: str, threads: int | None, quick: bool, results_path: str, q
         results = recompute_all_multiscale(model, OneImage(), cfg)
     seconds = time.perf_counter() - start
     Path(results_path).write_text(json.dumps(results))
-    queue.put({"variant": variant, "seconds": seconds, "peak_mib": round((_status_kib("VmHWM") - before) / 1024),
+    queue.put({"variant": variant, "seconds": seconds, "peak_mib": round((status_kib("VmHWM") - before) / 1024),
                "rss_before_mib": round(before / 1024), "detections": len(results)})
 
 
