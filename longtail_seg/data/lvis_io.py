@@ -150,14 +150,22 @@ def image_path(image: dict[str, Any], image_root: str | os.PathLike) -> Path:
 
     LVIS v1 records carry only ``coco_url`` (``.../train2017/000000391895.jpg``); with ``image_root`` the COCO
     folder holding ``train2017/`` and ``val2017/``, this resolves to ``image_root/train2017/000000391895.jpg``.
+    COCO's own records (e.g. ``image_info_unlabeled2017.json``) carry both, with a bare ``file_name``: of the two
+    paths the one that exists is taken, ``file_name``'s first, so the same ``image_root`` serves LVIS and COCO
+    files; when neither exists, ``file_name``'s path is returned for the caller's not-found message.
     """
     root = Path(image_root)
+    candidates = []
     if image.get("file_name"):
-        return root / image["file_name"]
+        candidates.append(root / image["file_name"])
     if image.get("coco_url"):
         parts = image["coco_url"].rstrip("/").split("/")
-        return root / parts[-2] / parts[-1]
-    raise DatasetError(f"image id {image.get('id')}: record has neither 'file_name' nor 'coco_url'")
+        candidates.append(root / parts[-2] / parts[-1])
+    if not candidates:
+        raise DatasetError(f"image id {image.get('id')}: record has neither 'file_name' nor 'coco_url'")
+    if len(candidates) > 1:
+        return next((path for path in candidates if path.is_file()), candidates[0])
+    return candidates[0]
 
 
 def annotation_arrays(data: dict[str, Any]) -> AnnotationArrays:

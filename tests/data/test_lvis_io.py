@@ -79,3 +79,15 @@ def test_lvis_v1_image_path_from_coco_url(tmp_path):
     assert image_path(record, tmp_path) == tmp_path / "val2017" / "000000000139.jpg"
     with pytest.raises(DatasetError, match="neither 'file_name' nor 'coco_url'"):
         image_path({"id": 6}, tmp_path)
+
+
+def test_coco_record_with_bare_file_name_resolves_through_coco_url(tmp_path):
+    """COCO's unlabeled / train records: bare file_name plus coco_url; the path that exists under the COCO root wins."""
+    record = {"id": 7, "file_name": "000000000007.jpg",
+              "coco_url": "http://images.cocodataset.org/unlabeled2017/000000000007.jpg"}
+    assert image_path(record, tmp_path) == tmp_path / "000000000007.jpg"  # neither exists: file_name's path
+    (tmp_path / "unlabeled2017").mkdir()
+    (tmp_path / "unlabeled2017" / "000000000007.jpg").write_bytes(b"x")
+    assert image_path(record, tmp_path) == tmp_path / "unlabeled2017" / "000000000007.jpg"
+    (tmp_path / "000000000007.jpg").write_bytes(b"x")  # an image_root that is the folder itself: file_name first
+    assert image_path(record, tmp_path) == tmp_path / "000000000007.jpg"
