@@ -36,7 +36,7 @@ from torchvision.ops.poolers import initLevelMapper
 
 from longtail_seg.models.backbones import feature_strides
 from longtail_seg.models.classifiers import build_classifier
-from longtail_seg.models.postprocess import image_candidates, top_detections
+from longtail_seg.models.postprocess import image_candidates, regression_candidates, top_detections
 
 Targets = list[dict[str, torch.Tensor]]
 # Target entries with one row per instance (the rest, e.g. image_id or mosaic_tiles, describe the image).
@@ -288,8 +288,7 @@ class StandardRoIHeads(nn.Module):
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         scores = self.box_predictor.classifier.scores(class_logits)
-        boxes = self.box_coder.decode(box_regression, proposals)
-        return self.postprocess_detections(scores, boxes, proposals, image_shapes)
+        return self.postprocess_regression(scores, box_regression, proposals, image_shapes)
 
     def class_mask_probs(
         self,
@@ -338,6 +337,26 @@ class StandardRoIHeads(nn.Module):
             pred_boxes.split(boxes_per_image, 0), scores.split(boxes_per_image, 0), image_shapes
         ):
             boxes, image_scores, labels = image_candidates(class_scores, class_boxes, image_shape, self.score_thresh)
+            keep = top_detections(boxes, image_scores, labels, self.nms_thresh, self.detections_per_img)
+            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
+        return detections
+
+    def postprocess_regression(
+        self,
+        scores: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> Targets:
+        """``postprocess_detections`` from the box regression [R, (C+1) * 4] instead of decoded boxes: only the
+        (RoI, class) pairs above the score threshold are decoded; the same detections."""
+        boxes_per_image = [len(p) for p in proposals]
+        detections = []
+        for image_regression, class_scores, image_proposals, image_shape in zip(
+            box_regression.split(boxes_per_image, 0), scores.split(boxes_per_image, 0), proposals, image_shapes
+        ):
+            boxes, image_scores, labels = regression_candidates(
+                class_scores, image_regression, image_proposals, self.box_coder, image_shape, self.score_thresh)
             keep = top_detections(boxes, image_scores, labels, self.nms_thresh, self.detections_per_img)
             detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
         return detections

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import box_iou
 from torchvision.ops.boxes import _batched_nms_coordinate_trick
 
@@ -14,6 +15,7 @@ from longtail_seg.models.postprocess import (
     class_aware_nms,
     class_groups,
     image_candidates,
+    regression_candidates,
     shift_apart_by_class,
     top_detections,
 )
@@ -113,3 +115,20 @@ def test_image_candidates_threshold_clip_and_drop_small_boxes():
     assert out_boxes.tolist() == [[0, 2, 20, 30], [0, 0, 20, 20]]
     empty = image_candidates(scores, boxes, (30, 20), score_thresh=0.9)
     assert [t.shape for t in empty] == [(0, 4), (0,), (0,)]
+
+
+@pytest.mark.parametrize("num_classes, score_thresh", [(1203, 0.0008), (3, 0.2), (1203, 1.0)])
+def test_decoding_only_the_candidates_gives_the_boxes_of_decoding_every_pair(num_classes, score_thresh):
+    """Bit for bit the candidates of decoding all R x (C+1) boxes, at LVIS's class count, near-empty and empty."""
+    generator = torch.Generator().manual_seed(num_classes)
+    rois = 300
+    xy = torch.rand(rois, 2, generator=generator) * 1200
+    proposals = torch.cat([xy, xy + 1 + torch.rand(rois, 2, generator=generator) * 400], dim=1)
+    regression = torch.randn(rois, (num_classes + 1) * 4, generator=generator) * 0.5
+    scores = torch.softmax(torch.randn(rois, num_classes + 1, generator=generator) * 3, dim=1)
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    every = coder.decode(regression, [proposals])
+    expected = image_candidates(scores, every, (800, 1216), score_thresh)
+    actual = regression_candidates(scores, regression, proposals, coder, (800, 1216), score_thresh)
+    assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+    assert (len(actual[0]) > 0) == (score_thresh < 1.0)
