@@ -205,6 +205,23 @@ def image_id_of(target: Any) -> int:
     return int(value.item() if torch.is_tensor(value) else value)
 
 
+def check_mask_sizes(results: Sequence[dict], image_sizes: Mapping[int, tuple[int, int]], source: str) -> None:
+    """Raise naming the first result whose RLE mask is not of its image's (height, width), or whose image is not
+    in ``image_sizes``. Evaluation reads a results file's masks through hotcoco and looks at one mask itself, so
+    every mask is checked here, once, when predictions are written (a plain loop: ~1 s per million results)."""
+    for index, result in enumerate(results):
+        segmentation = result.get("segmentation")
+        if segmentation is None:
+            continue
+        expected = image_sizes.get(result["image_id"])
+        size = segmentation.get("size") if isinstance(segmentation, Mapping) else None
+        if expected is None or size is None or size[0] != expected[0] or size[1] != expected[1]:
+            raise ValueError(
+                f"{source}: result {index} (image {result['image_id']}) has a mask of size {size}, but the image is "
+                f"{expected} (height, width): masks must be encoded at the original image size; this is a bug in "
+                "the inference code that wrote it")
+
+
 def write_results(path: str | os.PathLike, results: list[dict]) -> None:
     """Write LVIS result dicts as a JSON list, atomically."""
     atomic_write_json(path, results)

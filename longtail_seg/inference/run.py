@@ -12,6 +12,7 @@ from longtail_seg.data.dataset import LVISDetectionDataset
 from longtail_seg.data.transforms import build_test_transforms
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.predict import predict_dataset
+from longtail_seg.inference.results import check_mask_sizes
 from longtail_seg.inference.tta import predict_dataset_multiscale
 from longtail_seg.models.detector import load_detector
 
@@ -44,4 +45,7 @@ def predict_annotation_file(
     else:
         results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                   max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
-    return results, len(dataset), time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    image_sizes = {image["id"]: (image["height"], image["width"]) for image in dataset.images}
+    check_mask_sizes(results, image_sizes, f"predictions for {annotation_file}")
+    return results, len(dataset), elapsed

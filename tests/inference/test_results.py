@@ -11,7 +11,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from longtail_seg.inference.results import detections_to_lvis_results, encode_masks
+from longtail_seg.inference.results import check_mask_sizes, detections_to_lvis_results, encode_masks
 
 
 def decode(rle: dict) -> np.ndarray:
@@ -171,3 +171,19 @@ def test_category_lookup_at_1203_classes_and_large_coordinates() -> None:
     assert all(isinstance(r["category_id"], int) and isinstance(r["bbox"][0], float) for r in results)
     with pytest.raises(ValueError, match="label 1204 outside 1..1203"):
         detections_to_lvis_results(9, dict(output, labels=torch.full((50,), 1204)), category_ids)
+
+
+def test_mask_size_check_names_the_first_result_off_its_image_size() -> None:
+    """Masks at the image's size and box-only results pass; a mask at another size or of an unknown image fails,
+    naming the result's index, image and both sizes."""
+    sizes = {1: (480, 640), 2: (427, 640)}
+    good = [{"image_id": 1, "segmentation": {"size": [480, 640], "counts": "x"}}, {"image_id": 2, "bbox": [0, 0, 1, 1]},
+            {"image_id": 2, "segmentation": {"size": [427, 640], "counts": "y"}}]
+    check_mask_sizes(good, sizes, "preds.json")
+    check_mask_sizes([], sizes, "preds.json")
+    transposed = [*good, {"image_id": 2, "segmentation": {"size": [640, 427], "counts": "z"}}]
+    off_size = r"preds.json: result 3 \(image 2\) has a mask of size \[640, 427\].*\(427, 640\)"
+    with pytest.raises(ValueError, match=off_size):
+        check_mask_sizes(transposed, sizes, "preds.json")
+    with pytest.raises(ValueError, match=r"result 0 \(image 9\).*None"):
+        check_mask_sizes([{"image_id": 9, "segmentation": {"size": [1, 1], "counts": ""}}], sizes, "preds.json")
