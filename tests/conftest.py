@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +13,34 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# What a fresh clone holds that the workflow runs from (tests run it in a copy, never in the checkout).
+WORKFLOW_FILES = ("Snakefile", "rules", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
+                  "envs", "longtail_seg")
+
+
+def copy_workflow(folder: Path) -> Path:
+    """A copy of the workflow in ``folder``, as a fresh clone would have it."""
+    for name in WORKFLOW_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, folder / name)
+    return folder
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    """A copy of the workflow in a temporary folder, as a fresh clone would have it."""
+    return copy_workflow(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy per test module for dry runs, which write nothing but Snakemake's own metadata."""
+    return copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 def load_workflow_script(name: str) -> ModuleType:

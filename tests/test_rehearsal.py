@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.test_workflow import _argument, _copy_workflow, _shell_commands, _snakemake
+from tests.test_workflow import _argument, _shell_commands, _snakemake
 
 REHEARSAL = ("--configfile", "configs/lvis_rehearsal.yaml")
 TINY_REHEARSAL = ("--configfile", "configs/lvis_rehearsal.yaml", "configs/lvis_rehearsal_tiny.yaml")
 TABLES = ("table1", "table2", "table3", "controls")
-
-
-@pytest.fixture
-def workflow_copy(tmp_path: Path) -> Path:
-    """A copy of the workflow in a temporary folder, as a fresh clone would have it."""
-    return _copy_workflow(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One copy for the dry runs, which write nothing but Snakemake's own metadata."""
-    return _copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 def test_rehearsal_dag_runs_every_table_at_lvis_settings(shared_workflow_copy):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,9 +16,6 @@ import yaml
 
 from tests.conftest import REPO_ROOT, box_annotation, write_lvis
 
-WORKFLOW_FILES = ("Snakefile", "rules", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
-                  "envs", "longtail_seg")
-
 
 def _snakemake(*args: str, cwd: Path = REPO_ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
@@ -28,29 +24,6 @@ def _snakemake(*args: str, cwd: Path = REPO_ROOT, timeout: int = 600) -> subproc
 def _model(dataset: str, model: str) -> str:
     """The checkpoint of a model."""
     return f"results/{dataset}/models/{model}/model_final.pth"
-
-
-def _copy_workflow(folder: Path) -> Path:
-    """A copy of the workflow in ``folder``, as a fresh clone would have it."""
-    for name in WORKFLOW_FILES:
-        source = REPO_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, folder / name)
-    return folder
-
-
-@pytest.fixture
-def workflow_copy(tmp_path: Path) -> Path:
-    """A copy of the workflow in a temporary folder, as a fresh clone would have it."""
-    return _copy_workflow(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One copy for the dry runs of a module that write nothing but Snakemake's own metadata."""
-    return _copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 def test_snakemake_lint_passes():
