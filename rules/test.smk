@@ -4,6 +4,7 @@ rule infer:
         model="results/{dataset}/models/{model}/model_final.pth",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
         images=lambda wc: image_root(wc.dataset),
+        categories=norcal_category_stats,  # tests with norcal_gamma only: the training instance counts
         check=data_check("val"),
     output:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
@@ -21,9 +22,10 @@ rule infer:
         runtime=config["compute"]["infer_runtime_min"],
     params:
         test_cfg=lambda wc: as_json(test_job_settings(config, wc.test)),
+        norcal=norcal_args,
     shell:
         "python workflow_scripts/infer.py --checkpoint {input.model:q} --annotations {input.annotations:q}"
-        " --image-root {input.images:q} --test-cfg {params.test_cfg:q} --out {output.predictions:q}"
+        " --image-root {input.images:q} --test-cfg {params.test_cfg:q} {params.norcal:q} --out {output.predictions:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 
