@@ -212,7 +212,10 @@ def train_extra_args(wildcards):
     of a federated classifier (its training image counts)."""
     args = mosaic_args(training_job_settings(config, wildcards.model, "train"))
     if needs_image_counts(config["model"]["classifier"]):
-        args += ["--category-stats", f"results/{wildcards.dataset}/stats/category_stats.csv"]
+        args += [
+            "--category-stats",
+            f"results/{wildcards.dataset}/stats/category_stats.csv",
+        ]
     return args
 
 
@@ -233,7 +236,11 @@ def norcal_category_stats(wildcards):
 
 def norcal_args(wildcards):
     """--category-stats for a test with NorCal calibration (nothing otherwise)."""
-    return [arg for path in norcal_category_stats(wildcards) for arg in ("--category-stats", path)]
+    return [
+        arg
+        for path in norcal_category_stats(wildcards)
+        for arg in ("--category-stats", path)
+    ]
 
 
 def retrain_extra_args(wildcards):
