@@ -70,7 +70,10 @@ def main(args: argparse.Namespace) -> None:
     )
     seed_everything(train_cfg.seed)  # the initial weights, too, follow train.seed
     # federated loss: per-class training image counts from the statistics, kept in the checkpoint's model config
-    model_cfg["classifier"] = fill_image_counts(model_cfg["classifier"], args.category_stats, dataset.category_ids)
+    try:
+        model_cfg["classifier"] = fill_image_counts(model_cfg["classifier"], args.category_stats, dataset.category_ids)
+    except ValueError as error:
+        raise SystemExit(f"train: model.classifier: {error}") from None
     model = build_detector(model_cfg, dataset.num_classes)
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
