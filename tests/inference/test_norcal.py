@@ -95,3 +95,20 @@ def test_annotation_file_entry_calibrates_with_the_statistics(small_lvis, tmp_pa
     with pytest.raises(ValueError, match="norcal_gamma needs the training instance counts"):
         predict_annotation_file(checkpoint, annotations, image_root, TestConfig.from_dict(dict(settings,
                                                                                              norcal_gamma=1.0)))
+
+
+def test_the_multi_scale_path_is_calibrated_too(small_lvis, tmp_path):
+    annotations, image_root = small_lvis
+    torch.manual_seed(3)
+    model = build_detector(TEST_MODEL_CFG, num_classes=3)
+    checkpoint = tmp_path / "model.pth"
+    save_checkpoint(checkpoint, model, model.model_cfg, [1, 2, 3])
+    stats = tmp_path / "category_stats.csv"
+    pd.DataFrame({"category_id": [1, 2, 3], "image_count": [1, 1, 1], "instance_count": [1, 1, 1000]}).to_csv(stats)
+    settings = {"min_size": 32, "max_size": 64, "max_dets": 20, "scales": [32, 48], "flip": True}
+    plain, _, _ = predict_annotation_file(checkpoint, annotations, image_root, TestConfig.from_dict(settings))
+    calibrated, _, _ = predict_annotation_file(checkpoint, annotations, image_root,
+                                               TestConfig.from_dict(dict(settings, norcal_gamma=1.0)),
+                                               category_stats=stats)
+    best = lambda results: max((r["score"] for r in results if r["category_id"] == 3), default=0.0)  # noqa: E731
+    assert 0.0 < best(plain) < 0.9 and best(calibrated) < best(plain) / 100
