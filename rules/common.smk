@@ -234,15 +234,6 @@ def norcal_category_stats(wildcards):
     return []
 
 
-def norcal_args(wildcards):
-    """--category-stats for a test with NorCal calibration (nothing otherwise)."""
-    return [
-        arg
-        for path in norcal_category_stats(wildcards)
-        for arg in ("--category-stats", path)
-    ]
-
-
 def retrain_extra_args(wildcards):
     """Optional retraining arguments: the mosaic settings, and the pseudo labels with their strong augmentation.
 

@@ -22,10 +22,12 @@ rule infer:
         runtime=config["compute"]["infer_runtime_min"],
     params:
         test_cfg=lambda wc: as_json(test_job_settings(config, wc.test)),
-        norcal=norcal_args,
     shell:
+        # --category-stats is followed by no file for a test without norcal_gamma (no new parameter: a test that
+        # does not calibrate keeps its results)
         "python workflow_scripts/infer.py --checkpoint {input.model:q} --annotations {input.annotations:q}"
-        " --image-root {input.images:q} --test-cfg {params.test_cfg:q} {params.norcal:q} --out {output.predictions:q}"
+        " --image-root {input.images:q} --test-cfg {params.test_cfg:q}"
+        " --category-stats {input.categories:q} --out {output.predictions:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 

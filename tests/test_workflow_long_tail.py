@@ -42,7 +42,8 @@ def test_dry_run_passes_the_statistics_only_to_the_jobs_that_read_them(tmp_path)
     norcal = commands["results/tiny/predictions/seesaw_rt/norcal.json"]
     assert _argument(norcal, "--category-stats") == STATS and '"norcal_gamma": 0.5' in _argument(norcal, "--test-cfg")
     plain = commands["results/tiny/predictions/federated_rt/single_scale.json"]
-    assert "--category-stats" not in plain and "norcal_gamma" not in plain
+    assert _argument(plain, "--category-stats") == "--out" and "norcal_gamma" not in plain  # the option, no file
+    assert STATS not in blocks["results/tiny/predictions/federated_rt/single_scale.json"].split("output:")[0]
 
 
 def test_an_unknown_key_of_a_new_classifier_fails_the_dag_build_with_its_path(tmp_path):

@@ -26,8 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--annotations", required=True, help="LVIS-format JSON of the split to predict")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--test-cfg", default="{}", help="JSON object: one entry of the config's `tests:`")
-    parser.add_argument("--category-stats", help="category_stats.csv of the training split (dataset statistics "
-                                                  "step): the instance counts a test with norcal_gamma needs")
+    parser.add_argument("--category-stats", nargs="?", const=None, default=None,
+                        help="category_stats.csv of the training split (dataset statistics step): the instance "
+                             "counts a test with norcal_gamma needs (the option without a file: none)")
     parser.add_argument("--out", required=True, help="LVIS results JSON to write")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

@@ -11,6 +11,7 @@ from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.norcal import NorCalClassifier, apply_norcal, norcal_scores
 from longtail_seg.inference.run import predict_annotation_file
 from longtail_seg.models.detector import build_detector, save_checkpoint
+from tests.conftest import load_workflow_script
 from tests.engine.fake_data import TEST_MODEL_CFG, FakeDetectionDataset, collate
 
 
@@ -112,3 +113,13 @@ def test_the_multi_scale_path_is_calibrated_too(small_lvis, tmp_path):
                                                category_stats=stats)
     best = lambda results: max((r["score"] for r in results if r["category_id"] == 3), default=0.0)  # noqa: E731
     assert 0.0 < best(plain) < 0.9 and best(calibrated) < best(plain) / 100
+
+
+def test_infer_script_takes_the_statistics_option_with_or_without_a_file():
+    script = load_workflow_script("infer")
+    base = ["--checkpoint", "m.pth", "--annotations", "val.json", "--image-root", "images"]
+    assert script.parse_args([*base, "--category-stats", "--out", "p.json"]).category_stats is None
+    assert script.parse_args([*base, "--category-stats", "s.csv", "--out", "p.json"]).category_stats == "s.csv"
+    with pytest.raises(SystemExit, match="norcal_gamma needs --category-stats"):
+        script.main(script.parse_args([*base, "--test-cfg", '{"norcal_gamma": 0.5}', "--category-stats",
+                                       "--out", "p.json"]))
