@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from longtail_seg.models.category_counts import needs_image_counts
 from longtail_seg.snakemake_locks import snakemake_lock_note
 from longtail_seg.workflow_config import (
     check_unknown_keys,
@@ -207,8 +208,30 @@ def mosaic_args(settings):
 
 
 def train_extra_args(wildcards):
-    """Optional representation-learning arguments: the mosaic settings of a mosaic run."""
-    return mosaic_args(training_job_settings(config, wildcards.model, "train"))
+    """Optional representation-learning arguments: the mosaic settings of a mosaic run, and the category statistics
+    of a federated classifier (its training image counts)."""
+    args = mosaic_args(training_job_settings(config, wildcards.model, "train"))
+    if needs_image_counts(config["model"]["classifier"]):
+        args += [
+            "--category-stats",
+            f"results/{wildcards.dataset}/stats/category_stats.csv",
+        ]
+    return args
+
+
+def train_category_stats(wildcards):
+    """category_stats.csv for a representation model whose classifier needs image counts (federated), else none:
+    other models do not rerun when the statistics change."""
+    if needs_image_counts(config["model"]["classifier"]):
+        return [f"results/{wildcards.dataset}/stats/category_stats.csv"]
+    return []
+
+
+def norcal_category_stats(wildcards):
+    """category_stats.csv for a test with NorCal calibration (its training instance counts), else none."""
+    if test_job_settings(config, wildcards.test).get("norcal_gamma") is not None:
+        return [f"results/{wildcards.dataset}/stats/category_stats.csv"]
+    return []
 
 
 def retrain_extra_args(wildcards):

@@ -4,6 +4,7 @@ rule infer:
         model="results/{dataset}/models/{model}/model_final.pth",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
         images=lambda wc: image_root(wc.dataset),
+        categories=norcal_category_stats,  # tests with norcal_gamma only: the training instance counts
         check=data_check("val"),
     output:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
@@ -22,8 +23,11 @@ rule infer:
     params:
         test_cfg=lambda wc: as_json(test_job_settings(config, wc.test)),
     shell:
+        # --category-stats is followed by no file for a test without norcal_gamma (no new parameter: a test that
+        # does not calibrate keeps its results)
         "python workflow_scripts/infer.py --checkpoint {input.model:q} --annotations {input.annotations:q}"
-        " --image-root {input.images:q} --test-cfg {params.test_cfg:q} --out {output.predictions:q}"
+        " --image-root {input.images:q} --test-cfg {params.test_cfg:q}"
+        " --category-stats {input.categories:q} --out {output.predictions:q}"
         " --threads {threads} > {log:q} 2>&1"
 
 

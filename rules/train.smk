@@ -7,6 +7,7 @@ rule train_representation:
         annotations=lambda wc: annotation_file(wc.dataset, "train"),
         images=lambda wc: image_root(wc.dataset),
         repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
+        categories=train_category_stats,  # federated classifier only: its training image counts
         check=data_check("train"),
     output:
         model="results/{dataset}/models/{model}/model_final.pth",
@@ -49,7 +50,7 @@ rule train_representation:
 
 
 rule retrain_classifier:
-    """Decoupled classifier retraining: everything but a fresh box classifier (softmax or BGS) stays frozen.
+    """Decoupled classifier retraining: everything but a fresh box classifier (any registered type) stays frozen.
 
     Models with `retrain: {mosaic: true}` see balanced mosaics; models with `pseudo_labels: true` also train on the
     pseudo-labelled unlabeled images (strong augmentation on those only).

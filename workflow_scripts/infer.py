@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--annotations", required=True, help="LVIS-format JSON of the split to predict")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--test-cfg", default="{}", help="JSON object: one entry of the config's `tests:`")
+    parser.add_argument("--category-stats", nargs="?", const=None, default=None,
+                        help="category_stats.csv of the training split (dataset statistics step): the instance "
+                             "counts a test with norcal_gamma needs (the option without a file: none)")
     parser.add_argument("--out", required=True, help="LVIS results JSON to write")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -39,8 +42,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         cfg = TestConfig.from_dict(parse_json_object(args.test_cfg, "--test-cfg"))
     except ValueError as error:
         raise SystemExit(f"--test-cfg: {error}") from None
-    results, num_images, elapsed = predict_annotation_file(args.checkpoint, args.annotations, args.image_root, cfg,
-                                                           resolve_device(args.device))
+    if cfg.norcal_gamma is not None and args.category_stats is None:
+        raise SystemExit("--test-cfg: norcal_gamma needs --category-stats (the dataset statistics' category_stats.csv)")
+    results, num_images, elapsed = predict_annotation_file(
+        args.checkpoint, args.annotations, args.image_root, cfg, resolve_device(args.device),
+        category_stats=args.category_stats)
     write_results(args.out, results)
     print(f"{len(results)} detections on {num_images} images in {elapsed:.1f}s "
           f"({1000 * elapsed / max(num_images, 1):.0f} ms/image) -> {args.out}")

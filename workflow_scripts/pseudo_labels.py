@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> dict:
             raise SystemExit(f"--test-cfg: {error}") from None
         predictions, num_images, elapsed = predict_annotation_file(
             args.teacher, args.unlabeled, args.image_root, cfg, resolve_device(args.device),
-            score_threshold=lowest_score,
+            score_threshold=lowest_score, category_stats=args.category_stats,  # a test's norcal_gamma reads it
         )
         print(f"teacher {args.teacher}: {len(predictions)} detections with score >= {lowest_score} on "
               f"{num_images} images in {elapsed:.1f}s", flush=True)

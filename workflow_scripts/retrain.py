@@ -1,7 +1,8 @@
 """Classifier retraining (stage 2, decoupled): a fresh box classifier on the frozen representation -> OUT_DIR.
 
 Loads the representation-learning detector, replaces its box classifier by a fresh one of --classifier-cfg
-(softmax, or bgs whose class groups are filled from STATS_DIR/category_stats.csv), freezes everything else and
+(softmax, seesaw, sigmoid, eqlv2, or bgs / federated whose class groups / image counts are filled from
+STATS_DIR/category_stats.csv), freezes everything else and
 trains only the classifier with the sampler of --train-cfg. With `"mosaic": true` in --train-cfg the images go
 through the balanced mosaic (--mosaic-cfg); with --pseudo-annotations the pseudo-labelled unlabeled images join the
 training set, strongly augmented (--strong-augment-cfg), with repeat factors recomputed over both
@@ -36,6 +37,7 @@ from longtail_seg.engine.retrain import (
     fill_bgs_groups,
     retrain_classifier,
 )
+from longtail_seg.models.category_counts import fill_image_counts
 from longtail_seg.runtime import init_distributed_mode
 
 CATEGORY_STATS = "category_stats.csv"
@@ -47,8 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="representation-learning model_final.pth")
     parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
-    parser.add_argument("--stats-dir", help=f"folder with {CATEGORY_STATS} (bgs groups) and {IMAGE_REPEAT_FACTORS} "
-                                            "(repeat_factor sampler): the dataset_stats step's output")
+    parser.add_argument("--stats-dir", help=f"folder with {CATEGORY_STATS} (bgs groups, federated image counts) and "
+                                            f"{IMAGE_REPEAT_FACTORS} (repeat_factor sampler): the dataset_stats "
+                                            "step's output")
     parser.add_argument("--classifier-cfg", default='{"type": "softmax"}',
                         help='JSON object: the new classifier, e.g. {"type": "bgs", "others_sample_ratio": 8}')
     parser.add_argument("--train-cfg", default="{}",
@@ -88,6 +91,7 @@ def main(args: argparse.Namespace) -> None:
     category_ids = checkpoint_category_ids(args.checkpoint)
     category_stats = Path(args.stats_dir) / CATEGORY_STATS if args.stats_dir else None
     classifier_cfg = fill_bgs_groups(classifier_cfg, category_stats, category_ids)  # bgs: groups from the stats
+    classifier_cfg = fill_image_counts(classifier_cfg, category_stats, category_ids)  # federated: image counts
     rank, world_size, device = init_distributed_mode(args.device)
 
     needs_csv = train_cfg.sampler == "repeat_factor" or train_cfg.mosaic

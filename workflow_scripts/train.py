@@ -24,6 +24,7 @@ from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import TrainConfig
 from longtail_seg.engine.train import train
+from longtail_seg.models.category_counts import fill_image_counts
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.detector import build_detector
 from longtail_seg.runtime import init_distributed_mode, seed_everything
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--repeat-factors", help="image_repeat_factors.csv (needed for sampler: repeat_factor)")
     parser.add_argument("--model-cfg", default="{}", help="JSON object: the config's `model:` section")
+    parser.add_argument("--category-stats",
+                        help="category_stats.csv of the dataset statistics step (needed by a federated classifier "
+                             "without image_counts in model.classifier)")
     parser.add_argument("--train-cfg", default="{}", help="JSON object: the config's `train:` section")
     parser.add_argument("--mosaic-cfg", default="{}",
                         help="JSON object: the config's augment.mosaic section (used with mosaic: true in --train-cfg)")
@@ -65,6 +69,11 @@ def main(args: argparse.Namespace) -> None:
         seed=train_cfg.seed, num_replicas=world_size, rank=rank,
     )
     seed_everything(train_cfg.seed)  # the initial weights, too, follow train.seed
+    # federated loss: per-class training image counts from the statistics, kept in the checkpoint's model config
+    try:
+        model_cfg["classifier"] = fill_image_counts(model_cfg["classifier"], args.category_stats, dataset.category_ids)
+    except ValueError as error:
+        raise SystemExit(f"train: model.classifier: {error}") from None
     model = build_detector(model_cfg, dataset.num_classes)
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())

@@ -62,6 +62,9 @@ class TestConfig:
     soft_nms_method: str = "linear"  # linear | gaussian
     scale_ranges: tuple[tuple[float, float], ...] | None = None  # per scale: [min, max) of sqrt(box area), original px
     mask_voting: bool = False  # masks averaged over every view (else from the first scale, unflipped)
+    # NorCal post-hoc calibration (inference/norcal.py): foreground scores / training instance count ** gamma,
+    # renormalised with the background; null = off. Needs the dataset statistics (category_stats.csv).
+    norcal_gamma: float | None = None
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], section: str = "test config") -> TestConfig:
@@ -84,6 +87,7 @@ class TestConfig:
             check(f"{section}: {key}", getattr(self, key), **bounds)
         if self.scales is not None:
             _check_scales(self.scales, section)
+        check_number(f"{section}: norcal_gamma", self.norcal_gamma, minimum=0, allow_none=True)
         check_choice(f"{section}: merge", self.merge, MERGE_METHODS)
         check_choice(f"{section}: soft_nms_method", self.soft_nms_method, SOFT_NMS_METHODS)
         if self.scale_ranges is not None:
@@ -113,6 +117,8 @@ class TestConfig:
         multi-scale keys and soft-NMS settings are kept only with ``merge: soft_nms``, so a change elsewhere does
         not rerun this test."""
         settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.norcal_gamma is None:  # off: not a setting of the job (tests without it keep their results)
+            settings.pop("norcal_gamma")
         if not self.multi_scale:
             for key in MULTI_SCALE_KEYS:
                 settings.pop(key)

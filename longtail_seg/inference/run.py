@@ -11,9 +11,11 @@ import torch
 from longtail_seg.data.dataset import LVISDetectionDataset
 from longtail_seg.data.transforms import build_test_transforms
 from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.norcal import apply_norcal
 from longtail_seg.inference.predict import predict_dataset
 from longtail_seg.inference.results import check_mask_sizes
 from longtail_seg.inference.tta import predict_dataset_multiscale
+from longtail_seg.models.category_counts import counts_from_stats
 from longtail_seg.models.detector import load_detector
 
 
@@ -24,15 +26,23 @@ def predict_annotation_file(
     cfg: TestConfig,
     device: str | torch.device = "cpu",
     score_threshold: float | None = None,
+    category_stats: str | os.PathLike | None = None,
 ) -> tuple[list[dict], int, float]:
     """Run a model_final.pth over the images of an LVIS-format file (annotations optional).
 
     Returns (LVIS results, number of images, seconds). ``score_threshold`` raises the model's own detection score
     threshold (e.g. a pseudo-label teacher keeps only confident detections, which skips most mask work).
+    ``category_stats``: the training split's category_stats.csv, whose instance counts ``cfg.norcal_gamma`` needs.
     """
     device = torch.device(device)
     model, meta = load_detector(checkpoint, map_location=device)
     model.to(device)
+    if cfg.norcal_gamma is not None:
+        if category_stats is None:
+            raise ValueError("norcal_gamma needs the training instance counts: pass the dataset statistics' "
+                             "category_stats.csv (infer.py --category-stats), or set norcal_gamma: null")
+        counts = counts_from_stats(category_stats, meta["category_ids"], "instance_count")
+        apply_norcal(model, counts, cfg.norcal_gamma)
     model.roi_heads.detections_per_img = cfg.max_dets  # a test-time choice: no retraining to change it
     if score_threshold is not None:
         model.roi_heads.score_thresh = max(float(score_threshold), model.roi_heads.score_thresh)

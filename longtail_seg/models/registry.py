@@ -41,6 +41,15 @@ CLASSIFIERS: dict[str, Component] = {
     ),
     "double": Component("longtail_seg.models.double_classifier:DoubleClassifier", {"branches": REQUIRED},
                         nested_classifiers=("branches",)),
+    # long-tail losses (issue 15): seesaw (Wang et al. 2021), sigmoid / focal, eqlv2 (Tan et al. 2021), federated
+    # (Zhou et al. 2021); federated's image_counts, like bgs's class_groups, come from the dataset statistics
+    "seesaw": Component("longtail_seg.models.seesaw:SeesawClassifier",
+                        {"p": 0.8, "q": 2.0, "temperature": 20.0, "eps": 0.01, "dropout": 0.0}),
+    "sigmoid": Component("longtail_seg.models.sigmoid:SigmoidClassifier", {"focal_gamma": 0.0, "dropout": 0.0}),
+    "eqlv2": Component("longtail_seg.models.eqlv2:EQLv2Classifier",
+                       {"gamma": 12.0, "mu": 0.8, "alpha": 4.0, "dropout": 0.0}),
+    "federated": Component("longtail_seg.models.federated:FederatedClassifier",
+                           {"image_counts": None, "num_sampled_classes": 50, "frequency_power": 0.5, "dropout": 0.0}),
 }
 
 ROI_HEADS: dict[str, Component] = {

@@ -76,6 +76,7 @@ TEST_BAD: dict[str, tuple[str, list]] = {
     "soft_nms_method": ("one of ['linear', 'gaussian']", ["cubic"]),
     "scale_ranges": ("a list of [min, max] pairs (one per scale) or null", [5, "[[0, 10]]"]),
     "mask_voting": ("true or false", [0, "false"]),
+    "norcal_gamma": ("a number >= 0 or null", [-0.5, "0.5", NAN, True]),
 }
 CASES = [(key, value, what) for key, (what, values) in TEST_BAD.items() for value in values]
 
