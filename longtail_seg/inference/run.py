@@ -10,6 +10,7 @@ import torch
 
 from longtail_seg.data.dataset import LVISDetectionDataset
 from longtail_seg.data.transforms import build_test_transforms
+from longtail_seg.evaluation.protocols import top_per_category
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.predict import predict_dataset
 from longtail_seg.inference.tta import predict_dataset_multiscale
@@ -27,7 +28,8 @@ def predict_annotation_file(
     """Run a model_final.pth over the images of an LVIS-format file (annotations optional).
 
     Returns (LVIS results, number of images, seconds). ``score_threshold`` raises the model's own detection score
-    threshold (e.g. a pseudo-label teacher keeps only confident detections, which skips most mask work).
+    threshold (e.g. a pseudo-label teacher keeps only confident detections, which skips most mask work). A test with
+    an AP-fixed protocol keeps each category's ``dets_per_category`` best results over the split.
     """
     device = torch.device(device)
     model, meta = load_detector(checkpoint, map_location=device)
@@ -44,4 +46,6 @@ def predict_annotation_file(
     else:
         results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                   max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
+    if cfg.per_category_top_k is not None:
+        results = top_per_category(results, cfg.per_category_top_k)
     return results, len(dataset), time.perf_counter() - start
