@@ -28,8 +28,7 @@ rule infer:
 
 
 rule evaluate:
-    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file with hotcoco, under the test's
-    protocol (standard, fixed, boundary, challenge2021: extra metrics named after it)."""
+    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file, under the test's protocol."""
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),

@@ -3,11 +3,11 @@ Image Segmentation Evaluation") and the IoU of boundary AP: min(mask IoU, bounda
 
 A mask's boundary is its pixels within Chebyshev distance d of a background pixel, where everything outside the image
 is background (a mask cut by the image border has a boundary there), with d = round(0.02 x image diagonal), at least
-1: the mask minus its erosion by a (2d+1) x (2d+1) square. Each mask is decoded once and kept as the boundary inside
-its tight box (outside the box the mask is background, so the box is all the erosion needs); the intersection of two
-boundaries is counted on the overlap of their boxes only. Pairs whose mask IoU is below ``min_iou`` keep their mask
-IoU (an upper bound of the min), so an evaluator passes its lowest threshold and no mask of a pair that cannot match
-is decoded.
+1: the mask minus its erosion by a (2d+1) x (2d+1) square. Only each mask's tight box is decoded from its RLE, and
+its boundary is kept there (outside the box the mask is background, so the box is all the erosion needs); the
+intersection of two boundaries is counted on the overlap of their boxes only. Pairs whose mask IoU is below
+``min_iou`` keep their mask IoU (an upper bound of the min), so an evaluator passes its lowest threshold and no mask
+of a pair that cannot match is decoded.
 """
 
 from __future__ import annotations
@@ -46,26 +46,72 @@ def mask_boundary(mask: np.ndarray, dilation: int) -> Boundary:
     if rows.size == 0:
         return Boundary(0, 0, np.zeros((0, 0), dtype=bool))
     crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(bool)
-    return Boundary(int(rows[0]), int(cols[0]), crop & _near_background(crop, dilation))
+    return Boundary(int(rows[0]), int(cols[0]), crop & ~_erode(crop, dilation))
 
 
-def _near_background(crop: np.ndarray, dilation: int) -> np.ndarray:
-    """Whether each pixel of ``crop`` has a background pixel within Chebyshev distance ``dilation``, everything
-    outside the crop counting as background: (2d+1)-square window sums of the background from cumulative sums,
-    one axis at a time."""
+def _erode(crop: np.ndarray, dilation: int) -> np.ndarray:
+    """Erosion of a bool crop by a (2d+1) x (2d+1) square, everything outside the crop being background: one axis
+    at a time (a square is separable)."""
+    rows = _erode_rows(crop, dilation)
+    return _erode_rows(np.ascontiguousarray(rows.T), dilation).T
+
+
+def _erode_rows(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """Whether all pixels within ``dilation`` along each row are set (outside counts as unset): ANDs of windows
+    that double in length (1, 2, 4, ...), then two overlapping ones cover the 2d+1 window."""
     window = 2 * dilation + 1
-    background = np.pad(~crop, dilation, constant_values=True).astype(np.int32)
-    sums = np.cumsum(np.pad(background, ((1, 0), (0, 0))), axis=0)
-    columns = sums[window:] - sums[:-window]  # (h, w + 2d): background count of each vertical window
-    sums = np.cumsum(np.pad(columns, ((0, 0), (1, 0))), axis=1)
-    return (sums[:, window:] - sums[:, :-window]) > 0
+    anded = np.pad(mask, ((0, 0), (dilation, dilation)))
+    length = 1  # anded[:, i] is the AND of padded[:, i : i + length]
+    while 2 * length <= window:
+        anded = anded[:, :-length] & anded[:, length:]
+        length *= 2
+    width = mask.shape[1]
+    return anded[:, :width] & anded[:, window - length:window - length + width]
 
 
 def rle_boundary(rle: dict, dilation: int | None = None) -> Boundary:
-    """The boundary of one RLE mask (compressed or not); ``dilation`` defaults to the image's (``dilation_pixels``)."""
+    """The boundary of one RLE mask; ``dilation`` defaults to the image's (``dilation_pixels``). Only the mask's box
+    is decoded (``decode_box``)."""
     height, width = rle["size"]
     d = dilation_pixels(height, width) if dilation is None else dilation
-    return mask_boundary(mask_utils.decode(rle), d)
+    if not isinstance(rle["counts"], (str, bytes)):  # uncompressed counts: compress, as pycocotools reads both
+        rle = mask_utils.frPyObjects(rle, height, width)
+    x, y, w, h = (int(round(v)) for v in mask_utils.toBbox(rle))
+    if w == 0 or h == 0:
+        return Boundary(0, 0, np.zeros((0, 0), dtype=bool))
+    crop = decode_box(rle, y, x, y + h, x + w)
+    return Boundary(y, x, crop & ~_erode(crop, d))
+
+
+def rle_counts(counts: str | bytes) -> np.ndarray:
+    """The run lengths of a compressed RLE string (the COCO format: 5 bits a character, 0x20 continues a number,
+    0x10 the sign of its last character, from the fourth run on a difference to the run two before), vectorised."""
+    raw = counts.encode("ascii") if isinstance(counts, str) else counts
+    codes = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    ends = np.flatnonzero((codes & 0x20) == 0)  # the last character of each number
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    number = np.repeat(np.arange(len(ends)), lengths)
+    shifted = (codes & 0x1F) << (5 * (np.arange(len(codes)) - starts[number]))
+    values = np.bincount(number, weights=shifted, minlength=len(ends)).astype(np.int64)
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * lengths[negative])
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # run m >= 3 adds run m - 2: both chains are cumulative sums
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def decode_box(rle: dict, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    """The [y0, y1) x [x0, x1) part of a compressed RLE mask as a bool array, decoding only columns x0..x1 (RLE
+    runs go down the columns)."""
+    height = rle["size"][0]
+    runs = rle_counts(rle["counts"])
+    ends = np.cumsum(runs)
+    first, last = x0 * height, x1 * height
+    lengths = np.clip(ends, first, last) - np.clip(ends - runs, first, last)
+    values = (np.arange(len(runs)) % 2).astype(bool)  # runs alternate background, foreground
+    return np.repeat(values, lengths).reshape(x1 - x0, height).T[y0:y1]
 
 
 def boundary_intersection(a: Boundary, b: Boundary) -> int:

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 from longtail_seg.evaluation.boundary_iou import (
     boundary_ap_iou,
     boundary_iou,
+    decode_box,
     dilation_pixels,
     mask_boundary,
     rle_boundary,
@@ -76,6 +77,28 @@ def test_boundary_iou_and_boundary_ap_iou_match_the_reference(seed, shape, n_dt,
     exact = np.minimum(expected_mask, expected_boundary)
     np.testing.assert_allclose(pruned[expected_mask >= 0.5], exact[expected_mask >= 0.5])
     assert np.all(pruned[expected_mask < 0.5] < 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mask=masks, corners=st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)))
+def test_decode_box_equals_pycocotools_decode(mask: np.ndarray, corners) -> None:
+    height, width = mask.shape
+    y0, y1 = sorted(int(c * height) for c in corners[:2])
+    x0, x1 = sorted(int(c * width) for c in corners[2:])
+    rle = rle_of(mask)
+    np.testing.assert_array_equal(decode_box(rle, y0, x0, y1, x1), mask_utils.decode(rle)[y0:y1, x0:x1] == 1)
+    assert decode_box(rle, 0, 0, height, width).shape == (height, width)
+
+
+def test_decode_box_reads_long_runs_and_byte_counts() -> None:
+    mask = np.zeros((480, 640), np.uint8)
+    mask[100:400, 50:600] = 1  # runs of up to 480 * 50 pixels: numbers of several characters
+    mask[0, 639] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))  # bytes counts, as pycocotools returns them
+    np.testing.assert_array_equal(decode_box(rle, 0, 0, 480, 640), mask == 1)
+    np.testing.assert_array_equal(decode_box(rle, 90, 40, 110, 60), mask[90:110, 40:60] == 1)
+    uncompressed = {"size": [3, 2], "counts": [1, 2, 3]}  # column-major: 0, 1, 1 | 0, 0, 0
+    assert rle_boundary(uncompressed, 1).pixels.tolist() == [[True], [True]]
 
 
 def test_band_width_is_two_percent_of_the_diagonal() -> None:
