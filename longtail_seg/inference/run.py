@@ -10,7 +10,6 @@ import torch
 
 from longtail_seg.data.dataset import LVISDetectionDataset
 from longtail_seg.data.transforms import build_test_transforms
-from longtail_seg.evaluation.protocols import top_per_category
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.predict import predict_dataset
 from longtail_seg.inference.tta import predict_dataset_multiscale
@@ -45,7 +44,6 @@ def predict_annotation_file(
         results = predict_dataset_multiscale(model, dataset, cfg, device)
     else:
         results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                  max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
-    if cfg.per_category_top_k is not None:
-        results = top_per_category(results, cfg.per_category_top_k)
+                                  max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold,
+                                  dets_per_category=cfg.per_category_top_k)
     return results, len(dataset), time.perf_counter() - start
