@@ -12,7 +12,7 @@ truth. Only detections whose best IoU reaches the lowest threshold enter the gre
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import hotcoco
@@ -25,33 +25,49 @@ IoUFunction = Callable[[dict, list[dict], list[dict]], np.ndarray]
 FREQUENCIES = ("r", "c", "f")
 
 
-def evaluate_federated(gt: Any, detections: Sequence[dict], iou_fn: IoUFunction) -> dict[str, float | None]:
-    """LVIS AP metrics in percent (None where a group has no ground truth) of ``detections`` (dicts with id,
-    image_id, category_id, score, area and what ``iou_fn`` reads, e.g. the annotations of hotcoco results) against
-    the hotcoco LVIS dataset ``gt``."""
+def evaluate_federated(gt: Any, detections: Any, iou_fn: IoUFunction) -> dict[str, float | None]:
+    """LVIS AP metrics in percent (None where a group has no ground truth) of ``detections`` against the hotcoco
+    LVIS dataset ``gt``. ``detections``: hotcoco results (read one image at a time, so a split's millions of
+    detections are never Python dicts all at once) or a list of dicts with id, image_id, category_id, score, area
+    and what ``iou_fn`` reads."""
     params = hotcoco.Params(iou_type="segm")
     thresholds = np.asarray(params.iou_thrs, dtype=np.float64)
     area_ranges = [tuple(r) for r in params.area_rng]
     category_ids = sorted(gt.get_cat_ids())
     images = gt.imgs
-    gts, dts = _federated_groups(gt, detections)
+    gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for ann in gt.load_anns(gt.get_ann_ids()):
+        gts[ann["image_id"], ann["category_id"]].append(ann)
+    present: dict[int, set[int]] = defaultdict(set)
+    for image_id, category_id in gts:
+        present[image_id].add(category_id)
+    detections_of = _detection_reader(detections)
     per_category: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     gt_counts: dict[tuple[int, int], int] = defaultdict(int)
-    not_exhaustive = {image_id: set(image.get("not_exhaustive_category_ids", [])) for image_id, image in images.items()}
-    for image_id, category_id in sorted(set(gts) | set(dts)):  # image order, as lvis-api concatenates them
-        image_gts, image_dts = gts.get((image_id, category_id), []), dts.get((image_id, category_id), [])
-        image_dts = sorted(image_dts, key=lambda d: -d["score"])  # stable: ties keep their order
-        ious = iou_fn(images[image_id], image_dts, image_gts) if image_gts and image_dts else None
-        for area_index, area_range in enumerate(area_ranges):
-            gt_ignored = np.array([bool(g.get("ignore", 0)) or not _within(g["area"], area_range)
-                                   for g in image_gts], dtype=bool)
-            matched, matched_ignored = _match(ious, gt_ignored, thresholds, len(image_dts))
-            dt_outside = np.array([not _within(d["area"], area_range) or category_id in not_exhaustive[image_id]
-                                   for d in image_dts], dtype=bool)
-            ignored = matched_ignored | (~matched & dt_outside[None, :])
+    for image_id in sorted(images):  # image order, as lvis-api concatenates them
+        image = images[image_id]
+        # the federated protocol: a detection counts where its category is present or verified absent
+        evaluated = present[image_id] | set(image.get("neg_category_ids", []))
+        if not evaluated:
+            continue
+        not_exhaustive = set(image.get("not_exhaustive_category_ids", []))
+        image_dets = detections_of(image_id, evaluated)
+        for category_id in sorted(evaluated):
+            image_gts, image_dts = gts.get((image_id, category_id), []), image_dets.get(category_id, [])
+            if not image_gts and not image_dts:
+                continue
+            image_dts = sorted(image_dts, key=lambda d: -d["score"])  # stable: ties keep their order
+            ious = iou_fn(image, image_dts, image_gts) if image_gts and image_dts else None
             scores = np.array([d["score"] for d in image_dts], dtype=np.float64)
-            per_category[category_id, area_index].append((scores, matched, ignored))
-            gt_counts[category_id, area_index] += int(np.count_nonzero(~gt_ignored))
+            for area_index, area_range in enumerate(area_ranges):
+                gt_ignored = np.array([bool(g.get("ignore", 0)) or not _within(g["area"], area_range)
+                                       for g in image_gts], dtype=bool)
+                matched, matched_ignored = _match(ious, gt_ignored, thresholds, len(image_dts))
+                dt_outside = np.array([not _within(d["area"], area_range) or category_id in not_exhaustive
+                                       for d in image_dts], dtype=bool)
+                ignored = matched_ignored | (~matched & dt_outside[None, :])
+                per_category[category_id, area_index].append((scores, matched, ignored))
+                gt_counts[category_id, area_index] += int(np.count_nonzero(~gt_ignored))
     precision = _accumulate(per_category, gt_counts, category_ids, len(area_ranges), thresholds,
                             np.asarray(params.rec_thrs, dtype=np.float64))
     groups = _frequency_groups(gt, category_ids)
@@ -62,22 +78,22 @@ def _within(area: float, area_range: tuple[float, float]) -> bool:
     return area_range[0] <= area <= area_range[1]
 
 
-def _federated_groups(gt: Any, detections: Sequence[dict]) -> tuple[dict, dict]:
-    """Ground truths and the detections the federated protocol evaluates, by (image, category); a detection counts
-    only where its category is present or verified absent (``neg_category_ids``)."""
-    gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for ann in gt.load_anns(gt.get_ann_ids()):
-        gts[ann["image_id"], ann["category_id"]].append(ann)
-    present: dict[int, set[int]] = defaultdict(set)
-    for image_id, category_id in gts:
-        present[image_id].add(category_id)
-    negative = {image_id: set(image.get("neg_category_ids", [])) for image_id, image in gt.imgs.items()}
-    dts: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for det in sorted(detections, key=lambda d: d["id"]):
-        image_id, category_id = det["image_id"], det["category_id"]
-        if category_id in present[image_id] or category_id in negative.get(image_id, ()):
-            dts[image_id, category_id].append(det)
-    return gts, dts
+def _detection_reader(detections: Any) -> Callable[[int, set[int]], dict[int, list[dict]]]:
+    """(image id, categories) -> that image's detections of those categories by category, in result-id order."""
+    def by_category(anns: Iterable[dict], categories: set[int]) -> dict[int, list[dict]]:
+        grouped: dict[int, list[dict]] = defaultdict(list)
+        for ann in sorted(anns, key=lambda d: d["id"]):
+            if ann["category_id"] in categories:
+                grouped[ann["category_id"]].append(ann)
+        return grouped
+
+    if hasattr(detections, "get_ann_ids"):  # hotcoco results: ask for one image's evaluated categories only
+        return lambda image_id, categories: by_category(
+            detections.load_anns(detections.get_ann_ids(img_ids=[image_id], cat_ids=sorted(categories))), categories)
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for det in detections:
+        by_image[det["image_id"]].append(det)
+    return lambda image_id, categories: by_category(by_image.get(image_id, []), categories)
 
 
 def _match(

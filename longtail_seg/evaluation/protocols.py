@@ -116,8 +116,7 @@ def evaluate_protocol(
             count = detections.count
         for suffix, boundary in variants:
             if boundary:
-                anns = detections.results.load_anns(detections.results.get_ann_ids())
-                values = {"segm": evaluate_federated(gt, anns, boundary_iou_of(gt))}
+                values = {"segm": evaluate_federated(gt, detections.results, boundary_iou_of(gt))}
             else:
                 values = evaluate_detections(gt, detections, iou_types, cap)
             for iou_type, named in values.items():

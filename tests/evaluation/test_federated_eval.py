@@ -64,12 +64,15 @@ def random_split(tmp_path: Path, seed: int) -> tuple[Path, list[dict]]:
 
 
 def both(gt_path: Path, detections: list[dict], iou_fn=None) -> tuple[dict, dict]:
-    """hotcoco's segm metrics and ours (mask IoU unless ``iou_fn``) on the same loaded detections."""
+    """hotcoco's segm metrics and ours (mask IoU unless ``iou_fn``) on the same loaded detections, read from hotcoco
+    or passed as dicts."""
     gt = load_ground_truth(gt_path)
     loaded = load_detections(gt, detections, ("segm",))
     reference = evaluate_detections(gt, loaded, ("segm",))["segm"]
+    iou_fn = iou_fn or (lambda image, dts, gts: mask_iou(image, dts, gts, gt))
+    ours = evaluate_federated(gt, loaded.results, iou_fn)  # read from hotcoco one image at a time
     anns = loaded.results.load_anns(loaded.results.get_ann_ids())
-    ours = evaluate_federated(gt, anns, iou_fn or (lambda image, dts, gts: mask_iou(image, dts, gts, gt)))
+    assert evaluate_federated(gt, anns, iou_fn) == ours  # the same detections as a list of dicts
     return reference, ours
 
 
