@@ -180,7 +180,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     "dilation_px": dilation_pixels(HEIGHT, WIDTH), "images": args.images, "rounds": args.rounds},
         "rows": rows, "machine": machine(),
     }
-    markdown = (f"Boundary IoU per {HEIGHT}x{WIDTH} image ({OBJECTS} ground-truth masks in {CATEGORIES_PER_IMAGE} "
+    markdown = (f"Boundary IoU per {WIDTH} x {HEIGHT} image ({OBJECTS} ground-truth masks in {CATEGORIES_PER_IMAGE} "
                 f"categories, {DETECTIONS} detections, band {dilation_pixels(HEIGHT, WIDTH)} px), one thread, "
                 f"medians over {args.images} images x {args.rounds} rounds.\n\n" + markdown_table(rows))
     path = write_results("boundary_iou_speed", result, markdown, args.out_dir)
