@@ -143,12 +143,17 @@ def test_job_settings(config: Mapping[str, Any], test: str) -> dict[str, Any]:
     return test_config(config, test).used_settings()
 
 
+def evaluation_job_settings(config: Mapping[str, Any], test: str) -> dict[str, Any]:
+    """What an evaluation of this test reads (``TestConfig.evaluation_settings``): protocol and AP-fixed's k."""
+    return test_config(config, test).evaluation_settings()
+
+
 def is_multi_scale_test(config: Mapping[str, Any], test: str) -> bool:
     """Whether the test takes the multi-scale path (``TestConfig.multi_scale``)."""
     return test_config(config, test).multi_scale
 
 
-for _helper in (test_settings, test_config, test_job_settings):
+for _helper in (test_settings, test_config, test_job_settings, evaluation_job_settings):
     _helper.__test__ = False  # named after the config's `tests` section: pytest must not collect them as tests
 
 

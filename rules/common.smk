@@ -12,6 +12,7 @@ from longtail_seg.workflow_config import (
     check_unknown_keys,
     check_workflow_config,
     config_error_message,
+    evaluation_job_settings,
     is_multi_scale_test,
     load_schema,
     model_job_settings,

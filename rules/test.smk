@@ -32,7 +32,7 @@ rule infer:
 
 
 rule evaluate:
-    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file with hotcoco."""
+    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file, under the test's protocol."""
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
@@ -46,7 +46,13 @@ rule evaluate:
     priority: test_priority
     conda:
         "../envs/longtail_seg.yaml"
+    params:
+        protocol=lambda wc: evaluation_job_settings(config, wc.test)["protocol"],
+        dets_per_category=lambda wc: evaluation_job_settings(config, wc.test)[
+            "dets_per_category"
+        ],
     shell:
         "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
         " --predictions {input.predictions:q} --checked {input.check:q}"
+        " --protocol {params.protocol:q} --dets-per-category {params.dets_per_category}"
         " --out {output.metrics:q} > {log:q} 2>&1"

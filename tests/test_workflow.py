@@ -162,6 +162,12 @@ PARAM_CHANGES = {
         f"results/demo/predictions/pseudo_double/{t}.json"
         for t in ("multi_scale_box", "multi_scale_soft_nms", "multi_scale_adaptive", "multi_scale_mask")}),
     "retrain.momentum": ("retrain:\n  momentum: 0.5\n", set()),  # adamw: no job reads it
+    # boundary AP changes the evaluations of single_scale and the tests inheriting from it, not their inference
+    "tests.single_scale.protocol": ("tests:\n  single_scale:\n    protocol: boundary\n", {
+        *(f"results/demo/eval/{m}/single_scale/metrics.json"
+          for m in ("representation", "bgs", "double", "mosaic_double", "pseudo_double", "double_long")),
+        *(f"results/demo/eval/pseudo_double/{t}/metrics.json"
+          for t in ("multi_scale_box", "multi_scale_soft_nms", "multi_scale_adaptive", "multi_scale_mask"))}),
 }
 
 

@@ -26,7 +26,7 @@ from longtail_seg.engine.config import (
     RetrainConfig,
     TrainConfig,
 )
-from longtail_seg.inference.config import MERGE_METHODS, SOFT_NMS_METHODS, TestConfig
+from longtail_seg.inference.config import MERGE_METHODS, PROTOCOLS, SOFT_NMS_METHODS, TestConfig
 from longtail_seg.inference.config import VALUE_CHECKS as TEST_VALUE_CHECKS
 from longtail_seg.models.config import BACKBONES, DEFAULT_MODEL_CFG, MODEL_VALUE_CHECKS, NORMS, resolve_model_cfg
 from longtail_seg.models.registry import ROI_HEADS
@@ -268,6 +268,7 @@ def test_schema_enums_are_the_code_choices():
         NAMED_LR_SCHEDULES)
     assert _enum("test_settings", "merge") == list(MERGE_METHODS)
     assert _enum("test_settings", "soft_nms_method") == list(SOFT_NMS_METHODS)
+    assert _enum("test_settings", "protocol") == list(PROTOCOLS)
 
 
 def _undocumented(schema: Any, path: str) -> list[str]:
@@ -348,6 +349,12 @@ def test_test_settings_inherit_and_keep_only_their_path_keys():
     assert multi["scales"] == [128, 160, 192] and "min_size" not in multi and "soft_nms_method" not in multi
     assert workflow_config.test_job_settings(config, "multi_scale_soft_nms")["soft_nms_method"] == "linear"
     assert not is_multi_scale_test(config, "single_scale")
+    assert "protocol" not in single  # standard: inference as always, its job params unchanged
+    challenge = workflow_config.test_job_settings(config, "single_scale_challenge")
+    assert challenge["protocol"] == "challenge2021" and challenge["dets_per_category"] == 10000
+    assert workflow_config.evaluation_job_settings(config, "single_scale_challenge") == {
+        "protocol": "challenge2021", "dets_per_category": 10000}
+    assert workflow_config.evaluation_job_settings(config, "single_scale")["protocol"] == "standard"
     assert all(is_multi_scale_test(config, t) for t in config["tests"] if t.startswith("multi_scale"))
 
 
@@ -377,6 +384,9 @@ BAD_VALUES = [
     ({"models": {"representation": {"train": {"momentum": 1.0}}}},
      "models.representation.train.momentum: 1.0 is greater than or equal to the maximum of 1"),
     ({"train": {"seed": -1}}, "train.seed: -1 is less than the minimum of 0"),
+    ({"tests": {"single_scale": {"protocol": "fixd"}}}, "tests.single_scale.protocol: 'fixd' is not one of"),
+    ({"tests": {"single_scale": {"dets_per_category": 0}}},
+     "tests.single_scale.dets_per_category: 0 is less than the minimum of 1"),
     # the schema lets these through (NaN compares false, lo <= hi is no JSON-schema rule); the code names the path
     ({"retrain": {"lr": NAN}}, "retrain.lr must be a number > 0, got nan"),
     ({"train": {"flip_prob": NAN}}, "train.flip_prob must be a number in [0, 1], got nan"),

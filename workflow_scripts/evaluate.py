@@ -2,7 +2,12 @@
 and write metrics.json. Runs under Snakemake (rule evaluate) or by hand:
 
     python workflow_scripts/evaluate.py --annotations val.json --predictions val_pred.json --out metrics.json \
-        [--iou-types bbox segm] [--checked results/demo/checks/val.json]
+        [--iou-types bbox segm] [--checked results/demo/checks/val.json] \
+        [--protocol standard|fixed|boundary|challenge2021] [--dets-per-category 10000]
+
+--protocol adds metrics named after it next to the standard ones (longtail_seg/evaluation/protocols.py): AP_fixed,
+APr_fixed, ... (AP-fixed: each category's --dets-per-category best detections over the split, no per-image cap),
+AP_boundary, ... (boundary AP of masks) or, for challenge2021, all of them and AP_fixed_boundary.
 
 The ground truth is checked first (structure, records, segmentations), unless --checked names a check_dataset report
 of this very file (same SHA-256): the workflow passes the report of its gate, so a val file is checked once, not
@@ -19,12 +24,12 @@ from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
-    evaluate_detections,
     format_metrics_table,
-    load_detections,
     load_ground_truth,
     write_metrics,
 )
+from longtail_seg.evaluation.protocols import evaluate_protocol
+from longtail_seg.inference.config import AP_FIXED_DETS_PER_CATEGORY, PROTOCOLS
 from longtail_seg.io_utils import file_sha256, load_json_file
 
 
@@ -37,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="IoU types to evaluate (default: bbox segm)")
     parser.add_argument("--max-dets", type=int, default=LVIS_MAX_DETS_PER_IMAGE,
                         help="detections kept per image (LVIS: 300)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="standard",
+                        help="evaluation protocol (default standard LVIS AP); others add metrics named after them")
+    parser.add_argument("--dets-per-category", type=int, default=AP_FIXED_DETS_PER_CATEGORY,
+                        help="AP-fixed: detections kept per category over the split (default 10000)")
     parser.add_argument("--checked", help="check_dataset report of --annotations (rule check_dataset): when it is "
                                           "about this very file, the ground truth is not checked again")
     return parser.parse_args(argv)
@@ -58,14 +67,20 @@ def main(args: argparse.Namespace) -> dict:
     try:
         check_ground_truth(args.annotations, args.checked, require_masks="segm" in args.iou_types)
         ground_truth = load_ground_truth(args.annotations)
-        detections = load_detections(ground_truth, args.predictions, args.iou_types, args.max_dets)
-        metrics: dict = evaluate_detections(ground_truth, detections, args.iou_types, args.max_dets)
+        metrics: dict
+        metrics, count = evaluate_protocol(ground_truth, args.predictions, args.protocol, args.iou_types,
+                                           args.max_dets, args.dets_per_category)
     except (ValueError, FileNotFoundError) as error:  # each names the file, the record and the fix
         raise SystemExit(f"evaluate: {error}") from None
+    metrics["protocol"] = args.protocol
     metrics["num_images"] = len(ground_truth.get_img_ids())
-    metrics["num_detections"] = detections.count
+    metrics["num_detections"] = count
     write_metrics(args.out, metrics)
     print(format_metrics_table(metrics))
+    for iou_type in args.iou_types:
+        extra = {key: value for key, value in metrics[iou_type].items() if "_" in key}
+        if extra:
+            print(iou_type, " ".join(f"{key}={'-' if v is None else f'{v:.2f}'}" for key, v in extra.items()))
     print(f"{metrics['num_detections']} detections on {metrics['num_images']} images, "
           f"evaluated in {time.perf_counter() - start:.1f}s -> {args.out}")
     return metrics

@@ -25,6 +25,12 @@ from longtail_seg.config_keys import (
 LVIS_MAX_DETS_PER_IMAGE = 300
 MERGE_METHODS = ("nms", "soft_nms")
 SOFT_NMS_METHODS = ("linear", "gaussian")
+# Evaluation protocols (longtail_seg/evaluation/protocols.py); the per-category ones make inference keep each
+# category's `dets_per_category` best detections over the split (AP-fixed, Dave et al. 2021: 10,000).
+PROTOCOLS = ("standard", "fixed", "boundary", "challenge2021")
+PER_CATEGORY_PROTOCOLS = ("fixed", "challenge2021")
+PROTOCOL_KEYS = ("protocol", "dets_per_category")
+AP_FIXED_DETS_PER_CATEGORY = 10000
 # Keys that only the multi-scale path (inference/tta.py) reads; the first five select it when away from their default.
 MULTI_SCALE_SELECTORS = ("scales", "flip", "merge", "scale_ranges", "mask_voting")
 MULTI_SCALE_KEYS = (*MULTI_SCALE_SELECTORS, "merge_iou", "soft_nms_method")
@@ -39,6 +45,7 @@ VALUE_CHECKS: dict[str, tuple[Any, dict[str, Any]]] = {
     "flip": (check_bool, {}),
     "merge_iou": (check_number, {"minimum": 0, "maximum": 1}),
     "mask_voting": (check_bool, {}),
+    "dets_per_category": (check_int, {"minimum": 1}),
 }
 
 
@@ -65,6 +72,9 @@ class TestConfig:
     # NorCal post-hoc calibration (inference/norcal.py): foreground scores / training instance count ** gamma,
     # renormalised with the background; null = off. Needs the dataset statistics (category_stats.csv).
     norcal_gamma: float | None = None
+    # evaluation (longtail_seg/evaluation/protocols.py)
+    protocol: str = "standard"  # standard | fixed | boundary | challenge2021
+    dets_per_category: int = AP_FIXED_DETS_PER_CATEGORY  # fixed / challenge2021: detections per category per split
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], section: str = "test config") -> TestConfig:
@@ -90,6 +100,7 @@ class TestConfig:
         check_number(f"{section}: norcal_gamma", self.norcal_gamma, minimum=0, allow_none=True)
         check_choice(f"{section}: merge", self.merge, MERGE_METHODS)
         check_choice(f"{section}: soft_nms_method", self.soft_nms_method, SOFT_NMS_METHODS)
+        check_choice(f"{section}: protocol", self.protocol, PROTOCOLS)
         if self.scale_ranges is not None:
             _check_scale_ranges(self.scale_ranges, section)
         if self.scale_ranges is not None and len(self.scale_ranges) != len(self.test_scales):
@@ -107,6 +118,15 @@ class TestConfig:
         """The short sides of the views (``[min_size]`` without ``scales``)."""
         return self.scales if self.scales is not None else (self.min_size,)
 
+    @property
+    def per_category_top_k(self) -> int | None:
+        """How many detections per category inference keeps over the split (AP-fixed's k), or None (no such cap)."""
+        return self.dets_per_category if self.protocol in PER_CATEGORY_PROTOCOLS else None
+
+    def evaluation_settings(self) -> dict[str, Any]:
+        """What the evaluation of this test reads (rule evaluate): the protocol and AP-fixed's k."""
+        return {"protocol": self.protocol, "dets_per_category": self.dets_per_category}
+
     def view_size_ranges(self) -> list[tuple[float, float] | None]:
         """Scale-adaptive range of each view, in ``tta.augmented_views`` order (flipped views share their scale's)."""
         per_scale = self.scale_ranges if self.scale_ranges is not None else [None] * len(self.test_scales)
@@ -119,6 +139,9 @@ class TestConfig:
         settings = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.norcal_gamma is None:  # off: not a setting of the job (tests without it keep their results)
             settings.pop("norcal_gamma")
+        if self.per_category_top_k is None:  # standard / boundary: inference is the standard one
+            for key in PROTOCOL_KEYS:
+                settings.pop(key)
         if not self.multi_scale:
             for key in MULTI_SCALE_KEYS:
                 settings.pop(key)

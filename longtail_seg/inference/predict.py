@@ -42,8 +42,10 @@ def predict_dataset(
     mask_threshold: float = 0.5,
     with_masks: bool = True,
     category_of: Callable[[int], int] | None = None,
+    dets_per_category: int | None = None,
 ) -> list[dict]:
-    """Run ``model`` (already on ``device``) over every image of ``dataset``; return LVIS result dicts for all.
+    """Run ``model`` (already on ``device``) over every image of ``dataset``; return LVIS result dicts for all
+    (with ``dets_per_category``, AP-fixed's: each category's that many best over the dataset).
 
     The model returns boxes and masks in the pixels of the image it was given; when the dataset's test transforms
     resized the image, the target's ``orig_size`` maps detections back to the original image.
@@ -65,4 +67,5 @@ def predict_dataset(
                                                       max_dets, scale, original_size, box_relative=detect is not None))
         return results
 
-    return run_over_dataset(model, dataset, predict_batch, device, batch_size, num_workers)
+    return run_over_dataset(model, dataset, predict_batch, device, batch_size, num_workers,
+                            dets_per_category=dets_per_category)

@@ -33,6 +33,7 @@ def predict_annotation_file(
     Returns (LVIS results, number of images, seconds). ``score_threshold`` raises the model's own detection score
     threshold (e.g. a pseudo-label teacher keeps only confident detections, which skips most mask work).
     ``category_stats``: the training split's category_stats.csv, whose instance counts ``cfg.norcal_gamma`` needs.
+    A test with an AP-fixed protocol keeps each category's ``dets_per_category`` best results over the split.
     """
     device = torch.device(device)
     model, meta = load_detector(checkpoint, map_location=device)
@@ -54,7 +55,8 @@ def predict_annotation_file(
         results = predict_dataset_multiscale(model, dataset, cfg, device)
     else:
         results = predict_dataset(model, dataset, device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                  max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold)
+                                  max_dets=cfg.max_dets, mask_threshold=cfg.mask_threshold,
+                                  dets_per_category=cfg.per_category_top_k)
     elapsed = time.perf_counter() - start
     image_sizes = {image["id"]: (image["height"], image["width"]) for image in dataset.images}
     check_mask_sizes(results, image_sizes, f"predictions for {annotation_file}")

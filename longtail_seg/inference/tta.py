@@ -188,7 +188,8 @@ def predict_dataset_multiscale(
     category_of: Callable[[int], int] | None = None,
 ) -> list[dict]:
     """LVIS results of ``model`` over ``dataset`` (images at their original size) with the multi-scale / flip
-    settings of ``cfg``; boxes and masks are in original-image pixels."""
+    settings of ``cfg``; boxes and masks are in original-image pixels (an AP-fixed ``cfg.protocol``: each category's
+    ``cfg.dets_per_category`` best over the dataset)."""
     category_of = dataset_category_lookup(dataset, category_of, "predict_dataset_multiscale")
     views = augmented_views(cfg.test_scales, cfg.flip)
     ranges = cfg.view_size_ranges()
@@ -198,7 +199,7 @@ def predict_dataset_multiscale(
         return _predict_batch(model, images, targets, views, ranges, mask_views, cfg, category_of)
 
     return run_over_dataset(model, dataset, predict_batch, device, cfg.batch_size, cfg.num_workers,
-                            desc=f"inference ({len(views)} views)")
+                            desc=f"inference ({len(views)} views)", dets_per_category=cfg.per_category_top_k)
 
 
 def _predict_batch(

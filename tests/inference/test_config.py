@@ -51,6 +51,19 @@ def test_used_settings_hold_only_what_the_path_reads():
         assert rebuilt.view_size_ranges() == cfg.view_size_ranges() and rebuilt.merge == cfg.merge
 
 
+def test_protocol_keys_reach_inference_only_when_they_change_it():
+    for protocol in ("standard", "boundary"):  # inference is the standard one: its job params are unchanged
+        cfg = TestConfig.from_dict({"protocol": protocol, "dets_per_category": 5})
+        assert cfg.per_category_top_k is None and "protocol" not in cfg.used_settings()
+        assert "dets_per_category" not in cfg.used_settings()
+        assert cfg.evaluation_settings() == {"protocol": protocol, "dets_per_category": 5}
+    for protocol in ("fixed", "challenge2021"):  # inference keeps each category's top k over the split
+        cfg = TestConfig.from_dict({"protocol": protocol, "dets_per_category": 5})
+        assert cfg.per_category_top_k == 5
+        assert TestConfig.from_dict(cfg.used_settings()).per_category_top_k == 5
+    assert TestConfig().evaluation_settings() == {"protocol": "standard", "dets_per_category": 10000}
+
+
 def test_the_config_modules_do_not_import_torch():
     """The DAG imports them to check the config: no torch in the Snakemake process."""
     code = ("import sys, longtail_seg.inference.config, longtail_seg.engine.config, longtail_seg.models.config, "
@@ -77,6 +90,8 @@ TEST_BAD: dict[str, tuple[str, list]] = {
     "scale_ranges": ("a list of [min, max] pairs (one per scale) or null", [5, "[[0, 10]]"]),
     "mask_voting": ("true or false", [0, "false"]),
     "norcal_gamma": ("a number >= 0 or null", [-0.5, "0.5", NAN, True]),
+    "protocol": ("one of ['standard', 'fixed', 'boundary', 'challenge2021']", ["fixd", "AP-fixed", None]),
+    "dets_per_category": ("an integer >= 1", [0, "10000", 1e4, None]),
 }
 CASES = [(key, value, what) for key, (what, values) in TEST_BAD.items() for value in values]
 
