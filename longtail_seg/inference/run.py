@@ -32,6 +32,20 @@ def predict_annotation_file(
     """
     device = torch.device(device)
     model, meta = load_detector(checkpoint, map_location=device)
+    return predict_with_detector(model, meta, annotation_file, image_root, cfg, device, score_threshold)
+
+
+def predict_with_detector(
+    model: torch.nn.Module,
+    meta: dict,
+    annotation_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    cfg: TestConfig,
+    device: str | torch.device = "cpu",
+    score_threshold: float | None = None,
+) -> tuple[list[dict], int, float]:
+    """``predict_annotation_file`` with a detector already loaded by ``load_detector`` (model, meta)."""
+    device = torch.device(device)
     model.to(device)
     model.roi_heads.detections_per_img = cfg.max_dets  # a test-time choice: no retraining to change it
     if score_threshold is not None:
