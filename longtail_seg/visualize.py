@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -18,8 +19,8 @@ from PIL import Image  # noqa: E402
 from longtail_seg.data.masks import decode_segmentation  # noqa: E402
 from longtail_seg.io_utils import atomic_path  # noqa: E402
 
-MASK_ALPHA = 0.45
-LABEL_FONTSIZE = 7
+MASK_ALPHA = 0.3  # light enough that the object's own colour (often part of its class) still shows
+LABEL_FONTSIZE = 8
 MIN_DRAWN_SIDE = 480  # small images are drawn enlarged to at least this many pixels, so labels stay readable
 DPI = 100
 MAX_DRAWN = 30  # at most this many instances per image (highest scores first): more only hides the image
@@ -51,15 +52,42 @@ def draw_instances(
         if mask is not None:
             rgb[mask] = (1 - MASK_ALPHA) * rgb[mask] + MASK_ALPHA * colour
     ax.imshow(rgb, interpolation="nearest")
+    for mask, colour in zip(masks, colours):  # the outline keeps the mask's extent visible on any background
+        if mask is not None and mask.any():
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0)
     height = rgb.shape[0]
+    renderer = ax.figure.canvas.get_renderer()
+    placed: list = []  # the labels drawn so far, in display pixels
     for (x1, y1, x2, y2), text, colour in zip(boxes_xyxy, texts, colours):
         # pixel-edge boxes: pixel i spans [i - 0.5, i + 0.5] in imshow's coordinates
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
         above = y1 > 0.06 * height  # a label above a box at the top edge would leave the image: put it inside
-        ax.text(x1 - 0.5, y1 - 0.5, text, color="white", fontsize=fontsize, va="bottom" if above else "top",
-                clip_on=True, bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.6, "linewidth": 0})
+        label = ax.text(x1 - 0.5, y1 - 0.5, text, color="white", fontsize=fontsize, va="bottom" if above else "top",
+                        clip_on=True, bbox={"facecolor": colour, "alpha": 0.85, "pad": 0.6, "linewidth": 0})
+        placed.append(_unoverlapped(ax, label, placed, renderer))
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _unoverlapped(ax: plt.Axes, label: Any, placed: list, renderer: Any, tries: int = 12) -> Any:
+    """Shift ``label`` left into the image if it runs past the right edge, then down one line at a time until it
+    overlaps no label in ``placed`` (display extents); returns its final extent. Labels are placed highest score
+    first, so the best detection keeps its place."""
+    extent = label.get_window_extent(renderer)
+    overhang = extent.x1 - ax.get_window_extent(renderer).x1
+    if overhang > 0:  # past the image's right edge: shift left, so the whole name shows
+        (left, _), (right, _) = ax.transData.inverted().transform([(extent.x0, 0), (extent.x0 + overhang, 0)])
+        x, y = label.get_position()
+        label.set_position((x - abs(right - left), y))
+        extent = label.get_window_extent(renderer)
+    for _ in range(tries):
+        if not any(extent.overlaps(other) for other in placed):
+            break
+        (_, top), (_, bottom) = ax.transData.inverted().transform([(extent.x0, extent.y1), (extent.x0, extent.y0)])
+        x, y = label.get_position()
+        label.set_position((x, y + abs(bottom - top) * 1.1))  # image rows grow downwards
+        extent = label.get_window_extent(renderer)
+    return extent
 
 
 def draw_records(
@@ -127,8 +155,12 @@ def save_comparison(
         raise ValueError("save_comparison needs at least one image")
     columns = max(len(panels) for _, _, panels in rows)
     panel_w, panel_h = _panel_inches(*rows[0][1].shape[:2])
-    fig, axes = plt.subplots(len(rows), columns, figsize=(panel_w * columns, (panel_h + 0.35) * len(rows)),
-                             squeeze=False, dpi=DPI)
+    title_h, margin = 0.35, 0.05  # inches: a title above each panel, a margin around the grid
+    fig_w, fig_h = panel_w * columns + 2 * margin, (panel_h + title_h) * len(rows) + margin
+    fig, axes = plt.subplots(len(rows), columns, figsize=(fig_w, fig_h), squeeze=False, dpi=DPI)
+    # a fixed layout before drawing, so labels are placed (and kept apart) at their final size
+    fig.subplots_adjust(left=margin / fig_w, right=1 - margin / fig_w, bottom=margin / fig_h,
+                        top=1 - title_h / fig_h, wspace=0.02 * columns, hspace=title_h / panel_h)
     for ax in axes.flat:
         ax.axis("off")
     for axes_row, (row_title, rgb, panels) in zip(axes, rows):
@@ -136,7 +168,6 @@ def save_comparison(
             ax.axis("on")
             drawn = draw_records(ax, rgb, records, category_names, score_threshold)
             ax.set_title(f"{row_title}: {panel_title} ({drawn})", fontsize=9)
-    fig.tight_layout()
     _save(fig, path)
 
 

@@ -28,13 +28,16 @@ rule infer:
 
 
 rule evaluate:
-    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file with hotcoco."""
+    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file with hotcoco; also each
+    category's AP and the TIDE error breakdown (read by rules/analysis.smk)."""
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
         check=data_check("val"),
     output:
         metrics="results/{dataset}/eval/{model}/{test}/metrics.json",
+        per_category="results/{dataset}/eval/{model}/{test}/per_category.csv",
+        errors="results/{dataset}/eval/{model}/{test}/errors.json",
     log:
         "logs/{dataset}/evaluate/{model}/{test}.log",
     benchmark:
@@ -45,4 +48,5 @@ rule evaluate:
     shell:
         "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
         " --predictions {input.predictions:q} --checked {input.check:q}"
-        " --out {output.metrics:q} > {log:q} 2>&1"
+        " --out {output.metrics:q} --out-per-category {output.per_category:q}"
+        " --out-errors {output.errors:q} > {log:q} 2>&1"

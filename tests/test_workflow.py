@@ -283,6 +283,15 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
     log = (workflow_copy / "logs" / "tiny" / "retrain_classifier" / "bgs_pseudo.log").read_text()
     assert f"({len(pseudo['images'])} pseudo-labelled)" in log and "mosaic on" in log
     assert (results / "figures" / "mosaic_samples.png").stat().st_size > 0
+    # the analysis of each default table: per-row category AP, per-table changes, errors and viewer
+    category_ap = pd.read_csv(results / "analysis" / "representation" / "single_scale" / "category_ap.csv")
+    assert list(category_ap.columns) == ["category_id", "name", "frequency", "instance_count", "AP_bbox", "AP_segm"]
+    changes = pd.read_csv(results / "analysis" / "tables" / "table1" / "category_changes.csv")
+    assert changes["step"].unique().tolist() == table1["model"].tolist()[1:]
+    errors = pd.read_csv(results / "analysis" / "tables" / "table2" / "errors.csv")
+    assert errors["model"].tolist() == table2["model"].tolist() and (errors.filter(like="dAP_") >= 0).all().all()
+    for table in ("table1", "table2", "table3"):
+        assert (results / "analysis" / "tables" / table / "viewer.png").stat().st_size > 0
     # A second run finds everything up to date: nothing is retrained.
     again = _snakemake("-n", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
     assert "Nothing to be done" in again.stdout + again.stderr

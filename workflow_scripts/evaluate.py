@@ -19,13 +19,17 @@ from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
-    evaluate_detections,
+    error_breakdown,
     format_metrics_table,
     load_detections,
     load_ground_truth,
+    per_category_ap,
+    run_evaluator,
+    summary_metrics,
     write_metrics,
 )
-from longtail_seg.io_utils import file_sha256, load_json_file
+from longtail_seg.evaluation.per_category import per_category_frame, write_csv
+from longtail_seg.io_utils import atomic_write_json, file_sha256, load_json_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="detections kept per image (LVIS: 300)")
     parser.add_argument("--checked", help="check_dataset report of --annotations (rule check_dataset): when it is "
                                           "about this very file, the ground truth is not checked again")
+    parser.add_argument("--out-per-category", help="also write each category's AP per IoU type (CSV: category_id, "
+                                                   "name, frequency, AP_bbox, AP_segm)")
+    parser.add_argument("--out-errors", help="also write the TIDE-style error breakdown per IoU type (JSON)")
     return parser.parse_args(argv)
 
 
@@ -59,9 +66,18 @@ def main(args: argparse.Namespace) -> dict:
         check_ground_truth(args.annotations, args.checked, require_masks="segm" in args.iou_types)
         ground_truth = load_ground_truth(args.annotations)
         detections = load_detections(ground_truth, args.predictions, args.iou_types, args.max_dets)
-        metrics: dict = evaluate_detections(ground_truth, detections, args.iou_types, args.max_dets)
+        evaluators = {iou_type: run_evaluator(ground_truth, detections.results, iou_type, args.max_dets)
+                      for iou_type in args.iou_types}
     except (ValueError, FileNotFoundError) as error:  # each names the file, the record and the fix
         raise SystemExit(f"evaluate: {error}") from None
+    metrics: dict = {iou_type: summary_metrics(evaluator) for iou_type, evaluator in evaluators.items()}
+    if args.out_per_category:
+        categories = ground_truth.load_cats(ground_truth.get_cat_ids())
+        ap = {iou_type: per_category_ap(evaluator) for iou_type, evaluator in evaluators.items()}
+        write_csv(per_category_frame(categories, ap), args.out_per_category, decimals=4)
+    if args.out_errors:
+        atomic_write_json(args.out_errors, {iou_type: error_breakdown(evaluator)
+                                            for iou_type, evaluator in evaluators.items()}, indent=2)
     metrics["num_images"] = len(ground_truth.get_img_ids())
     metrics["num_detections"] = detections.count
     write_metrics(args.out, metrics)

@@ -128,6 +128,11 @@ def _percent(value: float) -> float | None:
 
 def _evaluate_one(gt: Any, detections: Any, iou_type: str, max_dets: int) -> dict[str, float | None]:
     """Run hotcoco's LVISEval for one IoU type on capped detections and return the AP metrics in percent."""
+    return summary_metrics(run_evaluator(gt, detections, iou_type, max_dets))
+
+
+def run_evaluator(gt: Any, detections: Any, iou_type: str, max_dets: int) -> Any:
+    """hotcoco's LVISEval for one IoU type on capped detections, evaluated, accumulated and summarized."""
     evaluator = hotcoco.LVISEval(gt, detections, iou_type)
     evaluator.params.max_dets = [max_dets]
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # summarize() prints a table
@@ -135,8 +140,38 @@ def _evaluate_one(gt: Any, detections: Any, iou_type: str, max_dets: int) -> dic
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def summary_metrics(evaluator: Any) -> dict[str, float | None]:
+    """The AP metrics in percent of a :func:`run_evaluator` evaluator."""
     raw = evaluator.get_results()
     return {key: _percent(raw[key]) for key in METRIC_KEYS}
+
+
+def per_category_ap(evaluator: Any) -> dict[int, float | None]:
+    """AP in percent of each category of a :func:`run_evaluator` evaluator, by category id, as lvis-api averages it
+    (the precision over IoU thresholds and recall points, all areas, the largest detection cap); None for a category
+    without ground truth or negative images (it counts in no group's AP)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [T, R, K]: all areas, the last max_dets
+    values = {}
+    for index, category_id in enumerate(evaluator.params.cat_ids):
+        valid = precision[:, :, index][precision[:, :, index] > -1]
+        values[int(category_id)] = float(100.0 * valid.mean()) if valid.size else None
+    return values
+
+
+TIDE_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+
+
+def error_breakdown(evaluator: Any) -> dict[str, Any]:
+    """hotcoco's TIDE-style breakdown at IoU 0.5: for each error type (classification, localisation, both,
+    duplicate, background, missed) the AP points gained if it were fixed (``delta_ap``, percent) and its count;
+    ``ap50`` the AP at IoU 0.5 it starts from."""
+    tide = evaluator.tide_errors(pos_thr=0.5, bg_thr=0.1)
+    return {"ap50": 100.0 * float(tide["ap_base"]),
+            "delta_ap": {key: 100.0 * float(tide["delta_ap"][key]) for key in (*TIDE_ERRORS, "FP", "FN")},
+            "counts": {key: int(tide["counts"][key]) for key in TIDE_ERRORS}}
 
 
 POSITIVE_AREA = (math.ulp(0.0), math.inf)  # hotcoco's area ranges include the bounds
