@@ -54,12 +54,14 @@ rule category_changes:
 
 
 rule error_breakdown:
-    """The TIDE-style error breakdown (hotcoco) of every row of a table (CSV, PNG)."""
+    """The TIDE-style error breakdown (hotcoco) of every row of a table (CSV, PNG) and its most frequent mistakes on
+    rare categories (CSV)."""
     input:
         errors=table_row_files("errors.json"),
     output:
         csv="results/{dataset}/analysis/tables/{table}/errors.csv",
         png="results/{dataset}/analysis/tables/{table}/errors.png",
+        confusions="results/{dataset}/analysis/tables/{table}/confusions.csv",
     log:
         "logs/{dataset}/analysis/tables/{table}/errors.log",
     benchmark:
@@ -73,7 +75,8 @@ rule error_breakdown:
         rows=lambda wc: as_json(table_rows(wc.table)),
     shell:
         "python workflow_scripts/error_breakdown.py --rows {params.rows:q} --errors {input.errors:q}"
-        " --out-csv {output.csv:q} --out-png {output.png:q} > {log:q} 2>&1"
+        " --out-csv {output.csv:q} --out-png {output.png:q} --out-confusions {output.confusions:q}"
+        " > {log:q} 2>&1"
 
 
 rule prediction_viewer:

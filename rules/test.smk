@@ -45,8 +45,11 @@ rule evaluate:
     priority: test_priority
     conda:
         "../envs/longtail_seg.yaml"
+    params:
+        confusion_min_score=config["analysis"]["confusion_min_score"],
     shell:
         "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
         " --predictions {input.predictions:q} --checked {input.check:q}"
         " --out {output.metrics:q} --out-per-category {output.per_category:q}"
-        " --out-errors {output.errors:q} > {log:q} 2>&1"
+        " --out-errors {output.errors:q} --confusion-min-score {params.confusion_min_score}"
+        " > {log:q} 2>&1"

@@ -2,12 +2,15 @@
 and write metrics.json. Runs under Snakemake (rule evaluate) or by hand:
 
     python workflow_scripts/evaluate.py --annotations val.json --predictions val_pred.json --out metrics.json \
-        [--iou-types bbox segm] [--checked results/demo/checks/val.json]
+        [--iou-types bbox segm] [--checked results/demo/checks/val.json] [--out-per-category per_category.csv] \
+        [--out-errors errors.json --confusion-min-score 0.3]
 
 The ground truth is checked first (structure, records, segmentations), unless --checked names a check_dataset report
 of this very file (same SHA-256): the workflow passes the report of its gate, so a val file is checked once, not
 once per evaluation. The predictions file is read by hotcoco, not parsed in Python, unless a check finds a bad
-result to name (longtail_seg/evaluation/lvis_eval.py).
+result to name (longtail_seg/evaluation/lvis_eval.py). The same evaluation also gives each category's AP
+(--out-per-category) and the TIDE-style error breakdown with the most frequent mistakes on rare categories
+(--out-errors), which rules/analysis.smk turns into figures.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                           "about this very file, the ground truth is not checked again")
     parser.add_argument("--out-per-category", help="also write each category's AP per IoU type (CSV: category_id, "
                                                    "name, frequency, AP_bbox, AP_segm)")
-    parser.add_argument("--out-errors", help="also write the TIDE-style error breakdown per IoU type (JSON)")
+    parser.add_argument("--out-errors", help="also write the TIDE-style error breakdown per IoU type and the most "
+                                             "frequent mistakes on rare categories (JSON)")
+    parser.add_argument("--confusion-min-score", type=float, default=0.3,
+                        help="detections counted in the rare-category confusions have at least this score")
     return parser.parse_args(argv)
 
 
@@ -76,7 +82,8 @@ def main(args: argparse.Namespace) -> dict:
         ap = {iou_type: per_category_ap(evaluator) for iou_type, evaluator in evaluators.items()}
         write_csv(per_category_frame(categories, ap), args.out_per_category, decimals=4)
     if args.out_errors:
-        atomic_write_json(args.out_errors, {iou_type: error_breakdown(evaluator)
+        categories = ground_truth.load_cats(ground_truth.get_cat_ids())
+        atomic_write_json(args.out_errors, {iou_type: error_breakdown(evaluator, categories, args.confusion_min_score)
                                             for iou_type, evaluator in evaluators.items()}, indent=2)
     metrics["num_images"] = len(ground_truth.get_img_ids())
     metrics["num_detections"] = detections.count

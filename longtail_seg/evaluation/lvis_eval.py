@@ -23,7 +23,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,14 +164,37 @@ def per_category_ap(evaluator: Any) -> dict[int, float | None]:
 TIDE_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 
 
-def error_breakdown(evaluator: Any) -> dict[str, Any]:
+def error_breakdown(
+    evaluator: Any, categories: Sequence[dict] = (), confusion_min_score: float = 0.3, top_confusions: int = 20
+) -> dict[str, Any]:
     """hotcoco's TIDE-style breakdown at IoU 0.5: for each error type (classification, localisation, both,
     duplicate, background, missed) the AP points gained if it were fixed (``delta_ap``, percent) and its count;
-    ``ap50`` the AP at IoU 0.5 it starts from."""
+    ``ap50`` the AP at IoU 0.5 it starts from; ``rare_confusions`` the most frequent mistakes on rare ground truth
+    (:func:`rare_confusions`, with the ground truth's ``categories`` records)."""
     tide = evaluator.tide_errors(pos_thr=0.5, bg_thr=0.1)
     return {"ap50": 100.0 * float(tide["ap_base"]),
             "delta_ap": {key: 100.0 * float(tide["delta_ap"][key]) for key in (*TIDE_ERRORS, "FP", "FN")},
-            "counts": {key: int(tide["counts"][key]) for key in TIDE_ERRORS}}
+            "counts": {key: int(tide["counts"][key]) for key in TIDE_ERRORS},
+            "rare_confusions": rare_confusions(evaluator, categories, confusion_min_score, top_confusions)}
+
+
+def rare_confusions(evaluator: Any, categories: Sequence[dict], min_score: float = 0.3, top: int = 20) -> list[dict]:
+    """The ``top`` most frequent (rare ground-truth category, other predicted category) pairs: a detection of score
+    >= ``min_score`` of another category matched to a rare object at IoU >= 0.5 (hotcoco's confusion matrix over all
+    categories). Most frequent first, ties by ids."""
+    frequency = {int(c["id"]): c.get("frequency") for c in categories}
+    if not any(value == "r" for value in frequency.values()):
+        return []
+    confusion = evaluator.confusion_matrix(iou_thr=0.5, max_det=None, min_score=float(min_score))
+    ids, names = [int(i) for i in confusion["cat_ids"]], list(confusion["cat_names"])
+    matrix = confusion["matrix"][: len(ids), : len(ids)].astype("int64")
+    matrix[range(len(ids)), range(len(ids))] = 0  # correct classes are no confusion
+    rare_rows = [row for row, category in enumerate(ids) if frequency.get(category) == "r"]
+    pairs = [(-int(matrix[row, col]), ids[row], ids[col], row, col) for row in rare_rows
+             for col in matrix[row].nonzero()[0].tolist()]
+    return [{"gt_category_id": gt_id, "gt_name": names[row], "predicted_category_id": predicted_id,
+             "predicted_name": names[col], "predicted_frequency": frequency.get(predicted_id), "count": -negative}
+            for negative, gt_id, predicted_id, row, col in sorted(pairs)[:top]]
 
 
 POSITIVE_AREA = (math.ulp(0.0), math.inf)  # hotcoco's area ranges include the bounds

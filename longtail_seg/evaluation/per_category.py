@@ -101,6 +101,18 @@ def error_table(rows: Sequence[tuple[str, Mapping]], iou_type: str = "segm") -> 
     return pd.DataFrame.from_records(records)
 
 
+CONFUSION_COLUMNS = ("model", "gt_category_id", "gt_name", "predicted_category_id", "predicted_name",
+                     "predicted_frequency", "count")
+
+
+def confusion_table(rows: Sequence[tuple[str, Mapping]], iou_type: str = "segm") -> pd.DataFrame:
+    """Per table row, its most frequent mistakes on rare ground truth (``rare_confusions`` of ``errors.json``),
+    most frequent first."""
+    records = [{"model": label, **confusion} for label, errors in rows
+               for confusion in errors.get(iou_type, {}).get("rare_confusions", [])]
+    return pd.DataFrame.from_records(records, columns=list(CONFUSION_COLUMNS))
+
+
 def write_csv(table: pd.DataFrame, path: str | os.PathLike, decimals: int = 2) -> None:
     """Write a table as CSV atomically, floats rounded."""
     with atomic_path(path) as tmp:

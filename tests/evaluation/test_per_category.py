@@ -26,6 +26,7 @@ from longtail_seg.evaluation.lvis_eval import (
 from longtail_seg.evaluation.per_category import (
     CATEGORY_AP_COLUMNS,
     CHANGE_COLUMNS,
+    CONFUSION_COLUMNS,
     ap_changes,
     category_ap,
     error_table,
@@ -92,6 +93,24 @@ def test_error_breakdown_counts_a_background_and_a_missed_error(hand_gt: Path) -
     assert 0 < breakdown["ap50"] < 100
 
 
+def test_rare_confusions_count_other_categories_on_rare_objects(hand_gt: Path) -> None:
+    detections = gt_as_detections(hand_gt, 0.9)
+    for det in detections:  # category 1 (rare) is on images 1 and 3
+        if (det["category_id"], det["image_id"]) == (1, 1):
+            det["category_id"] = 3  # a frequent category on a rare object: a confusion
+        elif (det["category_id"], det["image_id"]) == (1, 3):
+            det.update(category_id=4, score=0.2)  # below the score floor: not counted
+    # a second, lower-scored detection on the same rare object: the matching is one-to-one, so not a confusion
+    detections.append(dict(detections[0], category_id=2, score=0.5))
+    categories = json.loads(hand_gt.read_text())["categories"]
+    breakdown = error_breakdown(_evaluators(hand_gt, detections)["segm"], categories, confusion_min_score=0.3)
+    assert breakdown["rare_confusions"] == [
+        {"gt_category_id": 1, "gt_name": "cat1", "predicted_category_id": 3, "predicted_name": "cat3",
+         "predicted_frequency": "f", "count": 1}]
+    no_rare = [dict(c, frequency="f") for c in categories]
+    assert error_breakdown(_evaluators(hand_gt, detections)["segm"], no_rare)["rare_confusions"] == []
+
+
 def test_per_category_frame_has_one_row_per_category_nan_without_ap() -> None:
     categories = [{"id": 7, "name": "dog", "frequency": "r"}, {"id": 2, "name": "cat", "frequency": "f"}]
     frame = per_category_frame(categories, {"segm": {2: 50.0, 7: None}, "bbox": {2: 40.0, 7: 10.0}})
@@ -142,8 +161,10 @@ def test_ap_changes_against_the_previous_row_by_hand() -> None:
 
 def _errors(ap50: float, miss: float) -> dict:
     keys = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+    confusion = {"gt_category_id": 1, "gt_name": "rare one", "predicted_category_id": 3,
+                 "predicted_name": "frequent three", "predicted_frequency": "f", "count": int(miss)}
     return {"segm": {"ap50": ap50, "delta_ap": {**{k: 1.0 for k in keys}, "Miss": miss, "FP": 0.0, "FN": 0.0},
-                     "counts": {k: 2 for k in keys}}}
+                     "counts": {k: 2 for k in keys}, "rare_confusions": [confusion]}}
 
 
 def test_error_table_has_a_row_per_table_row() -> None:
@@ -179,8 +200,13 @@ def test_the_analysis_scripts_write_the_csvs_and_pngs(tmp_path: Path) -> None:
     errors[1].write_text(json.dumps(_errors(45.0, 6.0)))
     script = load_workflow_script("error_breakdown")
     script.main(script.parse_args(["--rows", rows, "--errors", *map(str, errors), "--out-csv",
-                                   str(tmp_path / "err.csv"), "--out-png", str(tmp_path / "err.png")]))
+                                   str(tmp_path / "err.csv"), "--out-png", str(tmp_path / "err.png"),
+                                   "--out-confusions", str(tmp_path / "conf.csv")]))
     assert pd.read_csv(tmp_path / "err.csv")["dAP_Miss"].tolist() == [9.0, 6.0]
+    confusions = pd.read_csv(tmp_path / "conf.csv")
+    assert list(confusions.columns) == list(CONFUSION_COLUMNS)
+    assert confusions[["model", "gt_name", "predicted_name", "count"]].values.tolist() == [
+        ["A", "rare one", "frequent three", 9], ["+B", "rare one", "frequent three", 6]]
     for png in ("ap.png", "ch.png", "err.png"):
         with Image.open(tmp_path / png) as image:
             assert image.size[0] > 500 and image.size[1] > 200
