@@ -146,3 +146,31 @@ def _save_figure(fig: plt.Figure, path: str | os.PathLike, rect: tuple[float, ..
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def plot_calibration(table: pd.DataFrame, path: str | os.PathLike, threshold: float | None, title: str) -> None:
+    """Reliability curves: per group, the true-positive fraction of each score bin against its mean score (marker
+    area by detection count), the diagonal of perfect calibration and the pseudo-label ``threshold``."""
+    colours = {"all": "black", **GROUP_COLOURS}
+    names = {"all": "all", **GROUP_NAMES}
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    for group, rows in table.groupby("group", sort=False):
+        rows = rows[rows["count"] > 0]
+        if rows.empty:
+            continue
+        ax.plot(rows["avg_confidence"], rows["avg_accuracy"], color=colours.get(group, "grey"), linewidth=1.2,
+                marker="o", markersize=3, label=f"{names.get(group, group)} (ECE {rows['ece'].iloc[0]:.3f}, "
+                f"{int(rows['count'].sum())} dets)")
+        ax.scatter(rows["avg_confidence"], rows["avg_accuracy"], s=8 + 120 * rows["count"] / rows["count"].max(),
+                   color=colours.get(group, "grey"), alpha=0.35, linewidths=0)
+    if threshold is not None:
+        ax.axvline(threshold, color="purple", linestyle="--", linewidth=1, label=f"pseudo-label threshold {threshold}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("detection score (bin mean)")
+    ax.set_ylabel("fraction of true positives (IoU >= 0.5)")
+    ax.set_title(f"Score calibration: {title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    _save_figure(fig, path)

@@ -108,3 +108,34 @@ rule prediction_viewer:
         "python workflow_scripts/view_predictions.py --annotations {input.annotations:q}"
         " --image-root {input.images:q} --predictions {input.predictions:q} --labels {params.labels:q}"
         " --num-images {params.num_images} --score-threshold {params.threshold} --out {output.png:q} > {log:q} 2>&1"
+
+
+rule teacher_calibration:
+    """Score calibration of the pseudo-label teacher on val, per LVIS group, next to the pseudo-label summary (the
+    score threshold depends on it): CSV and reliability-curve PNG."""
+    input:
+        predictions=lambda wc: (
+            f"results/{wc.dataset}/predictions/{config['pseudo_labels']['teacher']}/"
+            f"{config['pseudo_labels']['test']}.json"
+        ),
+        annotations=lambda wc: annotation_file(wc.dataset, "val"),
+        check=data_check("val"),
+    output:
+        csv="results/{dataset}/pseudo/calibration.csv",
+        png="results/{dataset}/pseudo/calibration.png",
+    log:
+        "logs/{dataset}/pseudo/calibration.log",
+    benchmark:
+        "benchmarks/out/{dataset}/pseudo/calibration.tsv"
+    localrule: True
+    conda:
+        "../envs/longtail_seg.yaml"
+    params:
+        threshold=config["pseudo_labels"]["score_threshold"],
+        title=lambda wc: (
+            f"teacher {config['pseudo_labels']['teacher']}, {config['pseudo_labels']['test']}, val"
+        ),
+    shell:
+        "python workflow_scripts/teacher_calibration.py --annotations {input.annotations:q}"
+        " --predictions {input.predictions:q} --threshold {params.threshold} --title {params.title:q}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} > {log:q} 2>&1"

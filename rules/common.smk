@@ -302,4 +302,6 @@ def all_targets():
     targets.append(f"results/{DATASET}/figures/mosaic_samples.png")
     if any_model_uses_pseudo_labels() and is_synthetic(DATASET):
         targets.append(f"results/{DATASET}/pseudo/precision.json")
+    if any_model_uses_pseudo_labels():  # rules/analysis.smk
+        targets.append(f"results/{DATASET}/pseudo/calibration.png")
     return targets

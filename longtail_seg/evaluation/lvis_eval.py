@@ -164,6 +164,30 @@ def per_category_ap(evaluator: Any) -> dict[int, float | None]:
 TIDE_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 
 
+def calibration_by_group(
+    gt: Any, detections: Detections, iou_type: str = "segm", max_dets: int = LVIS_MAX_DETS_PER_IMAGE, bins: int = 10
+) -> dict[str, dict[str, Any]]:
+    """Score calibration (hotcoco's, at IoU 0.5) of all categories and of each LVIS group with ground truth: per
+    equal-width score bin the mean score, the fraction of detections that are true positives and the count, and
+    the expected calibration error; the federated protocol decides what a detection counts as."""
+    categories = gt.load_cats(gt.get_cat_ids())
+    groups = {"all": [c["id"] for c in categories]}
+    groups.update({group: [c["id"] for c in categories if c.get("frequency") == group] for group in ("r", "c", "f")})
+    calibration = {}
+    for group, category_ids in groups.items():
+        if not category_ids:
+            continue
+        evaluator = hotcoco.LVISEval(gt, detections.results, iou_type)
+        evaluator.params.max_dets = [max_dets]
+        evaluator.params.cat_ids = category_ids
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+        result = evaluator.calibration(n_bins=bins, iou_threshold=0.5)
+        calibration[group] = {"ece": float(result["ece"]), "num_detections": int(result["num_detections"]),
+                              "bins": [dict(b) for b in result["bins"]]}
+    return calibration
+
+
 def error_breakdown(
     evaluator: Any, categories: Sequence[dict] = (), confusion_min_score: float = 0.3, top_confusions: int = 20
 ) -> dict[str, Any]:

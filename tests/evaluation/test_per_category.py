@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from longtail_seg.evaluation.lvis_eval import (
+    calibration_by_group,
     error_breakdown,
     load_detections,
     load_ground_truth,
@@ -260,3 +261,32 @@ def test_the_viewer_shows_ground_truth_next_to_each_model(hand_gt: Path, tmp_pat
     with pytest.raises(SystemExit, match="2 --predictions but 1 --labels"):
         script.main(script.parse_args(["--annotations", str(hand_gt), "--image-root", str(root), "--predictions",
                                        str(a), str(b), "--labels", "RFS", "--out", str(tmp_path / "v.png")]))
+
+
+def test_teacher_calibration_per_group_by_hand(hand_gt: Path, tmp_path: Path) -> None:
+    # every object found at score 0.95, plus a false positive of category 2 (common) where it is negative
+    predictions = tmp_path / "teacher.json"
+    predictions.write_text(json.dumps(gt_as_detections(hand_gt, 0.95) + [false_positive(1, 2, 0.95)]))
+    gt = load_ground_truth(hand_gt)
+    calibration = calibration_by_group(gt, load_detections(gt, str(predictions), ("segm",)), "segm", bins=10)
+    assert sorted(calibration) == ["all", "c", "f", "r"]
+
+    def top_bin(group: str) -> dict:
+        used = [b for b in calibration[group]["bins"] if b["count"]]
+        assert len(used) == 1 and used[0]["bin_lower"] == pytest.approx(0.9)
+        return used[0]
+
+    assert top_bin("all")["count"] == 7 and top_bin("all")["avg_accuracy"] == pytest.approx(6 / 7)
+    assert calibration["all"]["ece"] == pytest.approx(abs(0.95 - 6 / 7))
+    assert top_bin("c")["count"] == 2 and top_bin("c")["avg_accuracy"] == pytest.approx(0.5)
+    assert top_bin("r")["count"] == 2 and top_bin("r")["avg_accuracy"] == pytest.approx(1.0)
+    assert calibration["r"]["ece"] == pytest.approx(0.05)
+    script = load_workflow_script("teacher_calibration")
+    table = script.main(script.parse_args(["--annotations", str(hand_gt), "--predictions", str(predictions),
+                                           "--threshold", "0.5", "--out-csv", str(tmp_path / "cal.csv"),
+                                           "--out-png", str(tmp_path / "cal.png")]))
+    written = pd.read_csv(tmp_path / "cal.csv")
+    assert list(written.columns) == ["group", "ece", "bin_lower", "bin_upper", "avg_confidence", "avg_accuracy",
+                                     "count"]
+    assert len(written) == len(table) == 4 * 10 and written.groupby("group")["count"].sum()["all"] == 7
+    assert (tmp_path / "cal.png").stat().st_size > 0
