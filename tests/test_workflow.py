@@ -150,6 +150,7 @@ def test_default_table_that_is_not_a_table_is_rejected(workflow_copy):
 
 # Each job's parameters hold only what the job reads: one changed key changes the command line (every parameter is
 # on it) of exactly the jobs that read it, so Snakemake's params trigger reruns exactly those.
+DEMO_TABLES = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["tables"]
 PARAM_CHANGES = {
     "retrain.images_per_category": ("retrain:\n  images_per_category: 7\n", {
         _model("demo", m) for m in ("bgs_class_aware", "bgs_class_aware_mosaic", "bgs_class_aware_pseudo",
@@ -162,6 +163,11 @@ PARAM_CHANGES = {
         f"results/demo/predictions/pseudo_double/{t}.json"
         for t in ("multi_scale_box", "multi_scale_soft_nms", "multi_scale_adaptive", "multi_scale_mask")}),
     "retrain.momentum": ("retrain:\n  momentum: 0.5\n", set()),  # adamw: no job reads it
+    "analysis.top_changes": ("analysis:\n  top_changes: 5\n", {
+        f"results/demo/analysis/tables/{t}/category_changes.csv" for t in ("table1", "table2", "table3", "controls")}),
+    "analysis.confusion_min_score": ("analysis:\n  confusion_min_score: 0.5\n", {
+        f"results/demo/eval/{row['model']}/{row['test']}/metrics.json"
+        for table in ("table1", "table2", "table3", "controls") for row in DEMO_TABLES[table]}),
 }
 
 
