@@ -99,6 +99,19 @@ def test_same_inputs_give_the_same_ids_and_results(checkpoint, image_folder, tmp
     assert not (tmp_path / "one" / "drawn").exists()
 
 
+def test_a_multi_scale_test_entry_runs_test_time_augmentation(checkpoint, image_folder, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("tests:\n  single: {min_size: 48, max_size: 96, max_dets: 20}\n"
+                      "  multi: {from: single, scales: [40, 56], flip: true, merge: soft_nms, mask_voting: true}\n")
+    out = tmp_path / "out"
+    summary = main(["--model", str(checkpoint), "--images", str(image_folder / "b_wide.png"), "--out", str(out),
+                    "--test", "multi", "--config", str(config), "--device", "cpu", "--no-draw"])
+    results = json.loads((out / "results.json").read_text())
+    assert summary["detections"] == len(results) and 0 < len(results) <= 20
+    assert {r["image_id"] for r in results} == {1}
+    assert all(r["segmentation"]["size"] == [40, 56] for r in results)
+
+
 def _refusal(*args) -> str:
     with pytest.raises(SystemExit) as error:
         _run(*args)
