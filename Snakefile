@@ -12,6 +12,7 @@ include: "rules/augment.smk"
 include: "rules/train.smk"
 include: "rules/pseudo.smk"
 include: "rules/test.smk"
+include: "rules/analysis.smk"
 include: "rules/tables.smk"
 
 

@@ -1,7 +1,9 @@
-"""Figures: the long-tail distribution of a dataset (and, later, ablation plots)."""
+"""Figures: the long-tail distribution of a dataset; per-category AP against training instances, per-category AP
+changes of the ablation steps, and the TIDE error breakdown of each table row."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import matplotlib
@@ -9,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from longtail_seg.io_utils import atomic_path  # noqa: E402
 
@@ -33,3 +36,141 @@ def plot_long_tail(categories: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def plot_category_ap(table: pd.DataFrame, path: str | os.PathLike, title: str) -> None:
+    """Per-category AP (mask and box panels) against training instances, log x-axis, coloured by LVIS group; each
+    group's mean AP as a dashed line. Categories without AP (no val ground truth) are left out."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (column, name) in zip(axes, (("AP_segm", "mask AP"), ("AP_bbox", "box AP"))):
+        rows = table[table[column].notna()]
+        for group, colour in GROUP_COLOURS.items():
+            part = rows[rows["frequency"] == group]
+            if part.empty:
+                continue
+            mean = part[column].mean()
+            ax.scatter(part["instance_count"].clip(lower=0.5), part[column], s=14, color=colour, alpha=0.75,
+                       label=f"{GROUP_NAMES[group]} ({len(part)}, mean {mean:.1f})", linewidths=0)
+            ax.axhline(mean, color=colour, linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        _count_ticks(ax, rows["instance_count"])
+        ax.set_xlabel("training instances of the category (log scale; 0 drawn at 0.5)")
+        ax.set_ylabel(f"{name} (%)")
+        ax.set_ylim(-3, 103)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    _save_figure(fig, path)
+
+
+def _count_ticks(ax: plt.Axes, counts: pd.Series) -> None:
+    """Log-axis ticks at 1, 2, 5, 10, 20, 50, ... up to the largest count, as plain numbers, and at 0.5 labelled 0
+    when a category has no training instance; no minor labels (they overlap)."""
+    largest = max(float(counts.max()) if len(counts) else 1.0, 1.0)
+    ticks = [m * 10**e for e in range(int(math.log10(largest)) + 1) for m in (1, 2, 5) if m * 10**e <= largest * 1.5]
+    labels = [f"{t:,}" for t in ticks]
+    if len(counts) and (counts < 1).any():
+        ticks, labels = [0.5, *ticks], ["0", *labels]
+    ax.set_xticks(ticks, labels)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_ap_changes(changes: pd.DataFrame, path: str | os.PathLike, top: int, iou_name: str = "mask AP") -> None:
+    """One panel per ablation step (two columns): its ``top`` largest per-category gains and losses against the
+    previous row, named, bars coloured by LVIS group; rare categories' names in bold."""
+
+    steps = list(dict.fromkeys(changes["step"]))
+    if not steps:
+        raise ValueError("plot_ap_changes needs a table of two rows or more")
+    columns = min(2, len(steps))
+    rows = math.ceil(len(steps) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.8 * columns, rows * (1.3 + 0.2 * 2 * top)), squeeze=False)
+    for ax in axes.flat[len(steps):]:
+        ax.axis("off")
+    for ax, step in zip(axes.flat, steps):
+        _draw_step_changes(ax, changes[changes["step"] == step], step, top, iou_name)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in GROUP_COLOURS.values()]
+    fig.legend(handles, [f"{name} (bold)" if g == "r" else name for g, name in GROUP_NAMES.items()],
+               loc="lower center", ncol=3, fontsize=9, frameon=False)
+    _save_figure(fig, path, rect=(0, 0.03, 1, 1))
+
+
+def _draw_step_changes(ax: plt.Axes, rows: pd.DataFrame, step: str, top: int, iou_name: str) -> None:
+    from longtail_seg.evaluation.per_category import top_changes
+
+    gains, losses = top_changes(rows, step, top)
+    shown = pd.concat([gains, losses.iloc[::-1]])
+    rare = rows.loc[rows["frequency"] == "r", "change"].dropna()
+    rare_text = f"rare mean {rare.mean():+.1f}, {int((rare > 0).sum())} up / {int((rare < 0).sum())} down" \
+        if len(rare) else "no rare category"
+    ax.set_title(f"{step}  (vs {rows['previous'].iloc[0]})\n{rare_text}", fontsize=9)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"{iou_name} change (points)")
+    if shown.empty:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no category changed", transform=ax.transAxes, ha="center", va="center")
+        return
+    positions = list(range(len(shown)))[::-1]
+    ax.barh(positions, shown["change"], color=[GROUP_COLOURS.get(f, "grey") for f in shown["frequency"]])
+    ax.set_yticks(positions)
+    ax.set_yticklabels(shown["name"].astype(str).tolist(), fontsize=8)
+    for label, frequency in zip(ax.get_yticklabels(), shown["frequency"]):
+        if frequency == "r":
+            label.set_fontweight("bold")
+    ax.set_ylim(-0.7, len(shown) - 0.3)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_error_breakdown(errors: pd.DataFrame, path: str | os.PathLike, iou_name: str = "mask") -> None:
+    """Per table row, the AP points (at IoU 0.5) each TIDE error type costs: grouped horizontal bars."""
+    from longtail_seg.evaluation.per_category import ERROR_NAMES, ERROR_TYPES
+
+    fig, ax = plt.subplots(figsize=(9.5, 1.2 + 0.8 * len(errors)))
+    height = 0.8 / len(ERROR_TYPES)
+    colours = plt.get_cmap("tab10")(range(len(ERROR_TYPES)))
+    for index, (key, colour) in enumerate(zip(ERROR_TYPES, colours)):
+        positions = [row * 1.0 + index * height for row in range(len(errors))]
+        ax.barh(positions, errors[f"dAP_{key}"], height=height, color=colour, label=ERROR_NAMES[key])
+    ax.set_yticks([row + 0.4 - height / 2 for row in range(len(errors))])
+    ax.set_yticklabels([f"{m}\n(AP50 {ap:.1f})" for m, ap in zip(errors["model"], errors["AP50"])], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{iou_name} AP50 points gained if this error were fixed (TIDE)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="error type", title_fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: plt.Figure, path: str | os.PathLike, rect: tuple[float, ...] = (0, 0, 1, 1)) -> None:
+    fig.tight_layout(rect=rect)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def plot_calibration(table: pd.DataFrame, path: str | os.PathLike, threshold: float | None, title: str) -> None:
+    """Reliability curves: per group, the true-positive fraction of each score bin against its mean score (marker
+    area by detection count), the diagonal of perfect calibration and the pseudo-label ``threshold``."""
+    colours = {"all": "black", **GROUP_COLOURS}
+    names = {"all": "all", **GROUP_NAMES}
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    for group, rows in table.groupby("group", sort=False):
+        rows = rows[rows["count"] > 0]
+        if rows.empty:
+            continue
+        ax.plot(rows["avg_confidence"], rows["avg_accuracy"], color=colours.get(group, "grey"), linewidth=1.2,
+                marker="o", markersize=3, label=f"{names.get(group, group)} (ECE {rows['ece'].iloc[0]:.3f}, "
+                f"{int(rows['count'].sum())} dets)")
+        ax.scatter(rows["avg_confidence"], rows["avg_accuracy"], s=8 + 120 * rows["count"] / rows["count"].max(),
+                   color=colours.get(group, "grey"), alpha=0.35, linewidths=0)
+    if threshold is not None:
+        ax.axvline(threshold, color="purple", linestyle="--", linewidth=1, label=f"pseudo-label threshold {threshold}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("detection score (bin mean)")
+    ax.set_ylabel("fraction of true positives (IoU >= 0.5)")
+    ax.set_title(f"Score calibration: {title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    _save_figure(fig, path)

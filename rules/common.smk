@@ -277,16 +277,55 @@ def any_model_uses_pseudo_labels():
     return any(uses_pseudo_labels(config, name) for name in config["models"])
 
 
+# --- the per-category analysis (rules/analysis.smk) ---
+
+
+def row_file(dataset, row, name):
+    """A file of the evaluate rule's output folder of one table row."""
+    return f"results/{dataset}/eval/{row['model']}/{row['test']}/{name}"
+
+
+def table_row_files(name):
+    """Input function: ``name`` (per_category.csv, errors.json) of every row of the table, in row order."""
+    return lambda wc: [row_file(wc.dataset, row, name) for row in table_rows(wc.table)]
+
+
+def viewer_rows(table):
+    """The rows the viewer shows: the table's first and last (one when the table has one row)."""
+    rows = table_rows(table)
+    return [rows[0]] if len(rows) == 1 else [rows[0], rows[-1]]
+
+
+def analysis_targets(dataset, table):
+    """What each built table comes with: per row its category_ap, per table the error breakdown and viewer, and
+    (two rows or more) the per-category changes."""
+    targets = [
+        f"results/{dataset}/analysis/{row['model']}/{row['test']}/category_ap.{ext}"
+        for row in table_rows(table)
+        for ext in ("csv", "png")
+    ]
+    folder = f"results/{dataset}/analysis/tables/{table}"
+    targets += [f"{folder}/errors.csv", f"{folder}/errors.png", f"{folder}/viewer.png"]
+    if len(table_rows(table)) > 1:
+        targets += [f"{folder}/category_changes.csv", f"{folder}/category_changes.png"]
+    return targets
+
+
 def all_targets():
-    """Default target: the default_tables of the configured dataset, the mosaic sample grid, and (synthetic data
-    with pseudo-label models) the pseudo-label precision against the hidden ground truth.
+    """Default target: the default_tables of the configured dataset with their analysis (rules/analysis.smk), the
+    mosaic sample grid, and (synthetic data with pseudo-label models) the pseudo-label precision against the hidden
+    ground truth.
     """
     targets = [
         f"results/{DATASET}/tables/{table}.{ext}"
         for table in config["default_tables"]
         for ext in ("csv", "md")
     ]
+    for table in config["default_tables"]:  # rules/analysis.smk
+        targets += analysis_targets(DATASET, table)
     targets.append(f"results/{DATASET}/figures/mosaic_samples.png")
     if any_model_uses_pseudo_labels() and is_synthetic(DATASET):
         targets.append(f"results/{DATASET}/pseudo/precision.json")
+    if any_model_uses_pseudo_labels():  # rules/analysis.smk
+        targets.append(f"results/{DATASET}/pseudo/calibration.png")
     return targets

@@ -36,3 +36,4 @@ for table_name in config["tables"]:
                 table=table_name,
                 ext=["csv", "md"],
             ),
+            analysis_targets(DATASET, table_name),

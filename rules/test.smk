@@ -32,13 +32,16 @@ rule infer:
 
 
 rule evaluate:
-    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file, under the test's protocol."""
+    """LVIS evaluation (federated protocol, bbox and segm) of one predictions file, under the test's protocol;
+    also each category's AP and the TIDE error breakdown (read by rules/analysis.smk)."""
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
         check=data_check("val"),
     output:
         metrics="results/{dataset}/eval/{model}/{test}/metrics.json",
+        per_category="results/{dataset}/eval/{model}/{test}/per_category.csv",
+        errors="results/{dataset}/eval/{model}/{test}/errors.json",
     log:
         "logs/{dataset}/evaluate/{model}/{test}.log",
     benchmark:
@@ -51,8 +54,11 @@ rule evaluate:
         dets_per_category=lambda wc: evaluation_job_settings(config, wc.test)[
             "dets_per_category"
         ],
+        confusion_min_score=config["analysis"]["confusion_min_score"],
     shell:
         "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
         " --predictions {input.predictions:q} --checked {input.check:q}"
         " --protocol {params.protocol:q} --dets-per-category {params.dets_per_category}"
-        " --out {output.metrics:q} > {log:q} 2>&1"
+        " --out {output.metrics:q} --out-per-category {output.per_category:q}"
+        " --out-errors {output.errors:q} --confusion-min-score {params.confusion_min_score}"
+        " > {log:q} 2>&1"

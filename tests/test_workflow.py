@@ -150,6 +150,7 @@ def test_default_table_that_is_not_a_table_is_rejected(workflow_copy):
 
 # Each job's parameters hold only what the job reads: one changed key changes the command line (every parameter is
 # on it) of exactly the jobs that read it, so Snakemake's params trigger reruns exactly those.
+DEMO_TABLES = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())["tables"]
 PARAM_CHANGES = {
     "retrain.images_per_category": ("retrain:\n  images_per_category: 7\n", {
         _model("demo", m) for m in ("bgs_class_aware", "bgs_class_aware_mosaic", "bgs_class_aware_pseudo",
@@ -168,6 +169,11 @@ PARAM_CHANGES = {
           for m in ("representation", "bgs", "double", "mosaic_double", "pseudo_double", "double_long")),
         *(f"results/demo/eval/pseudo_double/{t}/metrics.json"
           for t in ("multi_scale_box", "multi_scale_soft_nms", "multi_scale_adaptive", "multi_scale_mask"))}),
+    "analysis.top_changes": ("analysis:\n  top_changes: 5\n", {
+        f"results/demo/analysis/tables/{t}/category_changes.csv" for t in ("table1", "table2", "table3", "controls")}),
+    "analysis.confusion_min_score": ("analysis:\n  confusion_min_score: 0.5\n", {
+        f"results/demo/eval/{row['model']}/{row['test']}/metrics.json"
+        for table in ("table1", "table2", "table3", "controls") for row in DEMO_TABLES[table]}),
 }
 
 
@@ -289,6 +295,15 @@ def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
     log = (workflow_copy / "logs" / "tiny" / "retrain_classifier" / "bgs_pseudo.log").read_text()
     assert f"({len(pseudo['images'])} pseudo-labelled)" in log and "mosaic on" in log
     assert (results / "figures" / "mosaic_samples.png").stat().st_size > 0
+    # the analysis of each default table: per-row category AP, per-table changes, errors and viewer
+    category_ap = pd.read_csv(results / "analysis" / "representation" / "single_scale" / "category_ap.csv")
+    assert list(category_ap.columns) == ["category_id", "name", "frequency", "instance_count", "AP_bbox", "AP_segm"]
+    changes = pd.read_csv(results / "analysis" / "tables" / "table1" / "category_changes.csv")
+    assert changes["step"].unique().tolist() == table1["model"].tolist()[1:]
+    errors = pd.read_csv(results / "analysis" / "tables" / "table2" / "errors.csv")
+    assert errors["model"].tolist() == table2["model"].tolist() and (errors.filter(like="dAP_") >= 0).all().all()
+    for table in ("table1", "table2", "table3"):
+        assert (results / "analysis" / "tables" / table / "viewer.png").stat().st_size > 0
     # A second run finds everything up to date: nothing is retrained.
     again = _snakemake("-n", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -3,16 +3,20 @@ and write metrics.json. Runs under Snakemake (rule evaluate) or by hand:
 
     python workflow_scripts/evaluate.py --annotations val.json --predictions val_pred.json --out metrics.json \
         [--iou-types bbox segm] [--checked results/demo/checks/val.json] \
-        [--protocol standard|fixed|boundary|challenge2021] [--dets-per-category 10000]
+        [--protocol standard|fixed|boundary|challenge2021] [--dets-per-category 10000] \
+        [--out-per-category per_category.csv] [--out-errors errors.json --confusion-min-score 0.3]
 
 --protocol adds metrics named after it next to the standard ones (longtail_seg/evaluation/protocols.py): AP_fixed,
 APr_fixed, ... (AP-fixed: each category's --dets-per-category best detections over the split, no per-image cap),
-AP_boundary, ... (boundary AP of masks) or, for challenge2021, all of them and AP_fixed_boundary.
+AP_boundary, ... (boundary AP of masks) or, for challenge2021, all of them and AP_fixed_boundary. Per-category AP
+and the error breakdown are of the standard evaluation.
 
 The ground truth is checked first (structure, records, segmentations), unless --checked names a check_dataset report
 of this very file (same SHA-256): the workflow passes the report of its gate, so a val file is checked once, not
 once per evaluation. The predictions file is read by hotcoco, not parsed in Python, unless a check finds a bad
-result to name (longtail_seg/evaluation/lvis_eval.py).
+result to name (longtail_seg/evaluation/lvis_eval.py). The same evaluation also gives each category's AP
+(--out-per-category) and the TIDE-style error breakdown with the most frequent mistakes on rare categories
+(--out-errors), which rules/analysis.smk turns into figures.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
     LVIS_MAX_DETS_PER_IMAGE,
+    error_breakdown,
     format_metrics_table,
     load_ground_truth,
+    per_category_ap,
     write_metrics,
 )
+from longtail_seg.evaluation.per_category import per_category_frame, write_csv
 from longtail_seg.evaluation.protocols import evaluate_protocol
 from longtail_seg.inference.config import AP_FIXED_DETS_PER_CATEGORY, PROTOCOLS
-from longtail_seg.io_utils import file_sha256, load_json_file
+from longtail_seg.io_utils import atomic_write_json, file_sha256, load_json_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="AP-fixed: detections kept per category over the split (default 10000)")
     parser.add_argument("--checked", help="check_dataset report of --annotations (rule check_dataset): when it is "
                                           "about this very file, the ground truth is not checked again")
+    parser.add_argument("--out-per-category", help="also write each category's AP per IoU type (CSV: category_id, "
+                                                   "name, frequency, AP_bbox, AP_segm)")
+    parser.add_argument("--out-errors", help="also write the TIDE-style error breakdown per IoU type and the most "
+                                             "frequent mistakes on rare categories (JSON)")
+    parser.add_argument("--confusion-min-score", type=float, default=0.3,
+                        help="detections counted in the rare-category confusions have at least this score")
     return parser.parse_args(argv)
 
 
@@ -68,11 +81,20 @@ def main(args: argparse.Namespace) -> dict:
         check_ground_truth(args.annotations, args.checked, require_masks="segm" in args.iou_types)
         ground_truth = load_ground_truth(args.annotations)
         metrics: dict
+        evaluators: dict = {}
         metrics, count = evaluate_protocol(ground_truth, args.predictions, args.protocol, args.iou_types,
-                                           args.max_dets, args.dets_per_category)
+                                           args.max_dets, args.dets_per_category, evaluators=evaluators)
     except (ValueError, FileNotFoundError) as error:  # each names the file, the record and the fix
         raise SystemExit(f"evaluate: {error}") from None
     metrics["protocol"] = args.protocol
+    if args.out_per_category:
+        categories = ground_truth.load_cats(ground_truth.get_cat_ids())
+        ap = {iou_type: per_category_ap(evaluator) for iou_type, evaluator in evaluators.items()}
+        write_csv(per_category_frame(categories, ap), args.out_per_category, decimals=4)
+    if args.out_errors:
+        categories = ground_truth.load_cats(ground_truth.get_cat_ids())
+        atomic_write_json(args.out_errors, {iou_type: error_breakdown(evaluator, categories, args.confusion_min_score)
+                                            for iou_type, evaluator in evaluators.items()}, indent=2)
     metrics["num_images"] = len(ground_truth.get_img_ids())
     metrics["num_detections"] = count
     write_metrics(args.out, metrics)

@@ -13,13 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 
 from longtail_seg.io_utils import atomic_path  # noqa: E402
+from longtail_seg.visualize import draw_instances  # noqa: E402
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
 CategoryNames = Mapping[int, str] | Sequence[str] | None
-MASK_ALPHA = 0.45
 
 
 def save_augmented_grid(
@@ -57,21 +56,13 @@ def _first_samples(dataset_or_samples: Any, num: int) -> list[Sample]:
 
 
 def _draw_sample(ax: plt.Axes, image: torch.Tensor, target: dict[str, Any], names: CategoryNames) -> None:
-    """Image with coloured mask overlays, boxes in the same colours and label names."""
+    """Image with coloured mask overlays, boxes in the same colours and label names (``visualize.draw_instances``)."""
     rgb = image.detach().permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float32)
     boxes = target.get("boxes", torch.zeros((0, 4))).tolist()
     labels = target.get("labels", torch.zeros(0, dtype=torch.int64)).tolist()
-    colours = plt.get_cmap("tab20")(np.arange(len(labels)) % 20)[:, :3]
     masks = target.get("masks")
-    if masks is not None:
-        for mask, colour in zip(masks.bool().numpy(), colours):
-            rgb[mask] = (1 - MASK_ALPHA) * rgb[mask] + MASK_ALPHA * colour
-    ax.imshow(rgb, interpolation="nearest")
-    for (x1, y1, x2, y2), label, colour in zip(boxes, labels, colours):
-        # pixel-edge boxes: pixel i spans [i - 0.5, i + 0.5] in imshow's coordinates
-        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1))
-        ax.text(x1 - 0.5, y1 - 0.5, _label_name(label, names), color="white", fontsize=6, va="bottom",
-                bbox={"facecolor": colour, "alpha": 0.8, "pad": 0.5, "linewidth": 0})
+    mask_list = list(masks.bool().numpy()) if masks is not None else [None] * len(labels)
+    draw_instances(ax, rgb, boxes, mask_list, [_label_name(label, names) for label in labels], fontsize=6)
     ax.set_title(_title(target), fontsize=7)
 
 

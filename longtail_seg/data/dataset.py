@@ -65,6 +65,8 @@ class LVISDetectionDataset(torch.utils.data.Dataset):
         if len(set(self.category_ids)) != len(self.category_ids):
             raise DatasetError(f"{annotation_file}: category_ids passed to the dataset contain duplicates")
         self._label_of = {cid: label for label, cid in enumerate(self.category_ids, start=1)}
+        names = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"]}
+        self.category_names: list[str] = [names.get(cid, str(cid)) for cid in self.category_ids]  # label order
         self.images: list[dict] = list(data["images"])
         self.image_ids: list[int] = [im["id"] for im in self.images]
         self._annotations = self._index_annotations(data.get("annotations", []))
@@ -203,6 +205,7 @@ class ConcatDetectionDataset(torch.utils.data.ConcatDataset):
                     "build every part with the same category_ids"
                 )
         self.category_ids: list[int] = list(first.category_ids)
+        self.category_names: list[str] = list(first.category_names)
         self.image_ids: list[int] = [image_id for part in self.datasets for image_id in part.image_ids]
         seen: dict[int, str] = {}
         for part in self.datasets:

@@ -218,6 +218,6 @@ def combine_classifiers(
     pairs = zip(first.roi_heads.classifiers(), second.roi_heads.classifiers())
     first.roi_heads.set_classifiers([DoubleClassifier([a, b]) for a, b in pairs])
     model_cfg = dict(first_cfg, classifier={"type": "double", "branches": branch_cfgs})
-    extra = {"combined_from": [str(first_path), str(second_path)]}
+    extra = {**(first_meta.get("extra") or {}), "combined_from": [str(first_path), str(second_path)]}
     save_checkpoint(out_path, first, model_cfg, first_meta["category_ids"], extra=extra)
     return Path(out_path)

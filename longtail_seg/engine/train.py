@@ -177,7 +177,12 @@ def _save_final(
         raise ValueError("train() needs model_cfg (or a model built by build_detector) to write model_final.pth")
     if category_ids is None:
         category_ids = getattr(dataset, "category_ids", None) or list(range(1, model.num_classes + 1))
-    save_checkpoint(path, model, model_cfg, list(category_ids), epoch=progress.epoch, iteration=progress.iteration)
+    # class names for predict on new images (inference/new_images.py); a mosaic wraps its dataset
+    names = getattr(dataset, "category_names", None) or getattr(getattr(dataset, "dataset", None),
+                                                                "category_names", None)
+    extra = {"category_names": list(names)} if names is not None and len(names) == len(category_ids) else None
+    save_checkpoint(path, model, model_cfg, list(category_ids), epoch=progress.epoch, iteration=progress.iteration,
+                    extra=extra)
 
 
 class _TrainLoop:

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,11 @@ def _percent(value: float) -> float | None:
 
 def _evaluate_one(gt: Any, detections: Any, iou_type: str, max_dets: int) -> dict[str, float | None]:
     """Run hotcoco's LVISEval for one IoU type on capped detections and return the AP metrics in percent."""
+    return summary_metrics(run_evaluator(gt, detections, iou_type, max_dets))
+
+
+def run_evaluator(gt: Any, detections: Any, iou_type: str, max_dets: int) -> Any:
+    """hotcoco's LVISEval for one IoU type on capped detections, evaluated, accumulated and summarized."""
     evaluator = hotcoco.LVISEval(gt, detections, iou_type)
     evaluator.params.max_dets = [max_dets]
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # summarize() prints a table
@@ -135,8 +140,85 @@ def _evaluate_one(gt: Any, detections: Any, iou_type: str, max_dets: int) -> dic
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    return evaluator
+
+
+def summary_metrics(evaluator: Any) -> dict[str, float | None]:
+    """The AP metrics in percent of a :func:`run_evaluator` evaluator."""
     raw = evaluator.get_results()
     return {key: _percent(raw[key]) for key in METRIC_KEYS}
+
+
+def per_category_ap(evaluator: Any) -> dict[int, float | None]:
+    """AP in percent of each category of a :func:`run_evaluator` evaluator, by category id, as lvis-api averages it
+    (the precision over IoU thresholds and recall points, all areas, the largest detection cap); None for a category
+    without ground truth or negative images (it counts in no group's AP)."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [T, R, K]: all areas, the last max_dets
+    values = {}
+    for index, category_id in enumerate(evaluator.params.cat_ids):
+        valid = precision[:, :, index][precision[:, :, index] > -1]
+        values[int(category_id)] = float(100.0 * valid.mean()) if valid.size else None
+    return values
+
+
+TIDE_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+
+
+def calibration_by_group(
+    gt: Any, detections: Detections, iou_type: str = "segm", max_dets: int = LVIS_MAX_DETS_PER_IMAGE, bins: int = 10
+) -> dict[str, dict[str, Any]]:
+    """Score calibration (hotcoco's, at IoU 0.5) of all categories and of each LVIS group with ground truth: per
+    equal-width score bin the mean score, the fraction of detections that are true positives and the count, and
+    the expected calibration error; the federated protocol decides what a detection counts as."""
+    categories = gt.load_cats(gt.get_cat_ids())
+    groups = {"all": [c["id"] for c in categories]}
+    groups.update({group: [c["id"] for c in categories if c.get("frequency") == group] for group in ("r", "c", "f")})
+    calibration = {}
+    for group, category_ids in groups.items():
+        if not category_ids:
+            continue
+        evaluator = hotcoco.LVISEval(gt, detections.results, iou_type)
+        evaluator.params.max_dets = [max_dets]
+        evaluator.params.cat_ids = category_ids
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+        result = evaluator.calibration(n_bins=bins, iou_threshold=0.5)
+        calibration[group] = {"ece": float(result["ece"]), "num_detections": int(result["num_detections"]),
+                              "bins": [dict(b) for b in result["bins"]]}
+    return calibration
+
+
+def error_breakdown(
+    evaluator: Any, categories: Sequence[dict] = (), confusion_min_score: float = 0.3, top_confusions: int = 20
+) -> dict[str, Any]:
+    """hotcoco's TIDE-style breakdown at IoU 0.5: for each error type (classification, localisation, both,
+    duplicate, background, missed) the AP points gained if it were fixed (``delta_ap``, percent) and its count;
+    ``ap50`` the AP at IoU 0.5 it starts from; ``rare_confusions`` the most frequent mistakes on rare ground truth
+    (:func:`rare_confusions`, with the ground truth's ``categories`` records)."""
+    tide = evaluator.tide_errors(pos_thr=0.5, bg_thr=0.1)
+    return {"ap50": 100.0 * float(tide["ap_base"]),
+            "delta_ap": {key: 100.0 * float(tide["delta_ap"][key]) for key in (*TIDE_ERRORS, "FP", "FN")},
+            "counts": {key: int(tide["counts"][key]) for key in TIDE_ERRORS},
+            "rare_confusions": rare_confusions(evaluator, categories, confusion_min_score, top_confusions)}
+
+
+def rare_confusions(evaluator: Any, categories: Sequence[dict], min_score: float = 0.3, top: int = 20) -> list[dict]:
+    """The ``top`` most frequent (rare ground-truth category, other predicted category) pairs: a detection of score
+    >= ``min_score`` of another category matched to a rare object at IoU >= 0.5 (hotcoco's confusion matrix over all
+    categories). Most frequent first, ties by ids."""
+    frequency = {int(c["id"]): c.get("frequency") for c in categories}
+    if not any(value == "r" for value in frequency.values()):
+        return []
+    confusion = evaluator.confusion_matrix(iou_thr=0.5, max_det=None, min_score=float(min_score))
+    ids, names = [int(i) for i in confusion["cat_ids"]], list(confusion["cat_names"])
+    matrix = confusion["matrix"][: len(ids), : len(ids)].astype("int64")
+    matrix[range(len(ids)), range(len(ids))] = 0  # correct classes are no confusion
+    rare_rows = [row for row, category in enumerate(ids) if frequency.get(category) == "r"]
+    pairs = [(-int(matrix[row, col]), ids[row], ids[col], row, col) for row in rare_rows
+             for col in matrix[row].nonzero()[0].tolist()]
+    return [{"gt_category_id": gt_id, "gt_name": names[row], "predicted_category_id": predicted_id,
+             "predicted_name": names[col], "predicted_frequency": frequency.get(predicted_id), "count": -negative}
+            for negative, gt_id, predicted_id, row, col in sorted(pairs)[:top]]
 
 
 POSITIVE_AREA = (math.ulp(0.0), math.inf)  # hotcoco's area ranges include the bounds

@@ -30,6 +30,8 @@ from longtail_seg.evaluation.lvis_eval import (
     evaluate_detections,
     load_detections,
     load_results,
+    run_evaluator,
+    summary_metrics,
 )
 from longtail_seg.inference.config import AP_FIXED_DETS_PER_CATEGORY, PROTOCOLS
 
@@ -88,9 +90,12 @@ def evaluate_protocol(
     max_dets: int = LVIS_MAX_DETS_PER_IMAGE,
     dets_per_category: int = AP_FIXED_DETS_PER_CATEGORY,
     source: str | os.PathLike | None = None,
+    evaluators: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], int]:
     """Every metric of ``protocol`` per IoU type ({"bbox": {"AP": ..., "AP_fixed": ...}, "segm": {...}}, percent)
-    and the number of results read. Boundary variants are of masks only (``segm``)."""
+    and the number of results read. Boundary variants are of masks only (``segm``). A dict passed as
+    ``evaluators`` receives the standard evaluation's hotcoco evaluator per IoU type (per-category AP, TIDE errors
+    read from it), so nothing is evaluated twice."""
     if protocol not in VARIANTS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; choose from {list(VARIANTS)}")
     if not (isinstance(dets_per_category, int) and dets_per_category >= 1):
@@ -117,6 +122,9 @@ def evaluate_protocol(
         for suffix, boundary in variants:
             if boundary:
                 values = {"segm": evaluate_federated(gt, detections.results, boundary_iou_of(gt))}
+            elif not fixed and evaluators is not None:  # the standard evaluation, kept for the caller
+                evaluators.update({t: run_evaluator(gt, detections.results, t, cap) for t in iou_types})
+                values = {t: summary_metrics(evaluators[t]) for t in iou_types}
             else:
                 values = evaluate_detections(gt, detections, iou_types, cap)
             for iou_type, named in values.items():

@@ -37,6 +37,22 @@ def predict_annotation_file(
     """
     device = torch.device(device)
     model, meta = load_detector(checkpoint, map_location=device)
+    return predict_with_detector(model, meta, annotation_file, image_root, cfg, device, score_threshold,
+                                 category_stats)
+
+
+def predict_with_detector(
+    model: torch.nn.Module,
+    meta: dict,
+    annotation_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    cfg: TestConfig,
+    device: str | torch.device = "cpu",
+    score_threshold: float | None = None,
+    category_stats: str | os.PathLike | None = None,
+) -> tuple[list[dict], int, float]:
+    """``predict_annotation_file`` with a detector already loaded by ``load_detector`` (model, meta)."""
+    device = torch.device(device)
     model.to(device)
     if cfg.norcal_gamma is not None:
         if category_stats is None:

@@ -135,6 +135,7 @@ def test_combined_model_averages_the_two_retrained_classifiers(representation: P
     double, meta = load_detector(out)
     model_a, model_b = load_detector(first)[0], load_detector(second)[0]
     assert meta["model_cfg"]["classifier"] == {"type": "double", "branches": [{"type": "softmax"}] * 2}
+    assert meta["extra"] == {**load_detector(first)[1]["extra"], "combined_from": [str(first), str(second)]}
     features = torch.randn(30, TEST_MODEL_CFG["box_head_dim"])
     classifier = _classifier(double)
     expected = (F.softmax(_classifier(model_a)(features), -1) + F.softmax(_classifier(model_b)(features), -1)) / 2
@@ -205,6 +206,7 @@ def test_script_retrains_with_repeat_factors(small_lvis, tmp_path: Path) -> None
     out = _run_retrain_script(small_lvis, tmp_path, {"type": "softmax"}, sampler="repeat_factor")
     _, meta = load_detector(out / "model_final.pth")
     assert meta["category_ids"] == [1, 2, 3] and meta["model_cfg"]["classifier"] == {"type": "softmax"}
+    assert meta["extra"]["category_names"] == ["cat1", "cat2", "cat3"]  # read by predict on new images
     # 4 sampled images per epoch (factors 1 + 2 + 1) -> 2 batches of 2, over 2 epochs
     assert list(pd.read_csv(out / "metrics.csv")["iteration"]) == [1, 2, 3, 4]
 
@@ -296,6 +298,7 @@ def test_script_retrains_on_mosaics_of_train_and_pseudo_images(small_lvis, tmp_p
     assert mosaic.dataset.image_category_ids(3) == {3}
     model, meta = load_detector(out / "model_final.pth")
     assert meta["model_cfg"]["classifier"] == {"type": "softmax", "dropout": 0.3}
+    assert meta["extra"]["category_names"] == ["cat1", "cat2", "cat3"]  # through the mosaic
     assert model.roi_heads.sampler.batch_size_per_image == TEST_MODEL_CFG.get("box_batch_size_per_image", 32)
 
 
