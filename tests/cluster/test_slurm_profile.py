@@ -11,6 +11,7 @@ after its first checkpoint. Compared with a local run of the same config in anot
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -264,9 +265,12 @@ def test_the_training_job_asks_slurm_for_the_profiles_gpus(finished_copy, tmp_pa
     assert options["--mem"] == str(profile["mem_mb"]) == "256000"
     assert options["-t"] == str(profile["runtime"]) == "2880"
     assert options["--comment"] == "rule_train_representation_wildcards_tiny_representation"
-    # the job runs the rule through the jobstep executor with the same resources
+    # inside the job, Snakemake runs the rule (jobstep executor) with the profile's resources and threads, so the
+    # rule's shell sees gpu=4 (torchrun, next test)
     wrap = options["--wrap"]
-    assert "--executor slurm-jobstep" in wrap and "train_representation" in wrap
+    assert "--executor slurm-jobstep" in wrap and "--allowed-rules train_representation" in wrap
+    passed = {base64.b64decode(token).decode() for token in re.findall(r"base64//(\S+)", wrap)}
+    assert {"train_representation:gpu=4", "train_representation:gpu_model=a100", "train_representation=32"} <= passed
 
 
 def test_a_four_gpu_training_job_launches_torchrun_with_four_processes(finished_copy, tmp_path):
