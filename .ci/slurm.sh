@@ -3,14 +3,16 @@
 #
 #   .ci/slurm.sh up          install (apt) if needed, start munge, MariaDB, slurmdbd, slurmctld, slurmd; wait until
 #                            the node is idle. Idempotent: daemons already running are left as they are.
-#   .ci/slurm.sh down        cancel every job, stop the daemons `up` started (by their PID files), nothing else
+#   .ci/slurm.sh down        cancel every job, stop the daemons `up` started (by their PID files), nothing else,
+#                            and remove the slurm.conf / slurmdbd.conf it wrote
 #   .ci/slurm.sh run CMD...  up, run CMD, down on exit (also on failure or Ctrl-C); exits with CMD's status
 #   .ci/slurm.sh status      sinfo and the daemons' PIDs
 #
 # The cluster: ClusterName longtail-ci, one node (this host, CPUs and RealMemory from `slurmd -C`), partition
 # `batch`, account `longtail_ci` for root, accounting in slurmdbd + MariaDB (snakemake-executor-plugin-slurm checks
 # the account with sacctmgr and the job states with sacct). State, logs and the database live in $SLURM_CI_STATE
-# (default /var/lib/longtail-slurm-ci); slurm.conf and slurmdbd.conf are written to /etc/slurm.
+# (default /var/lib/longtail-slurm-ci) and are kept for the next `up`; slurm.conf and slurmdbd.conf are written to
+# /etc/slurm while the cluster is up.
 set -euo pipefail
 
 STATE="${SLURM_CI_STATE:-/var/lib/longtail-slurm-ci}"
@@ -229,6 +231,12 @@ down() {
         esac
     done
     rm -f "$STARTED"
+    # without a controller, a slurm.conf makes every SLURM client wait ~9 s for it, and so every `snakemake` start
+    # while the slurm executor plugin is installed (it asks `scontrol show config`): remove the ones `up` wrote
+    local conf
+    for conf in /etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf; do
+        if head -1 "$conf" 2>/dev/null | grep -q '^# Written by .ci/slurm.sh'; then rm -f "$conf"; fi
+    done
 }
 
 status() {
