@@ -105,12 +105,13 @@ def test_resnet50_stages_3_to_5_start_unchanged_and_learn_offsets():
     assert not isinstance(dcn.body.layer1[0].conv2, DeformableConv2d)
     assert all(isinstance(block.conv2, DeformableConv2d) for block in dcn.body.layer3)
     x = torch.randn(1, 3, 64, 64)
-    expected = plain(x)
-    out = dcn(x)
+    with torch.no_grad():
+        expected, out = plain(x), dcn(x)
     for name, value in expected.items():  # float32 sums in another order: 1e-5 of the maps' scale (~100 here)
         assert (out[name] - value).abs().max() <= 1e-5 * value.abs().max(), name
-    sum(v.sum() for v in out.values()).backward()
-    assert dcn.body.layer4[0].conv2.offset.weight.grad.abs().sum() > 0
+    block = dcn.body.layer4[0]  # the gradient through one block (the whole backward is slow on CPU)
+    block(torch.randn(1, 1024, 4, 4)).square().sum().backward()
+    assert block.conv2.offset.weight.grad.abs().sum() > 0
 
 
 def test_resnext_grouped_conv_and_frozen_stages():
