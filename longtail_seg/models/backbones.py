@@ -173,16 +173,24 @@ def _pretrainable_body(name: str, fpn_channels: int, pretrained: bool, local_wei
         raise ValueError(f"unknown model.norm {norm!r}; choose 'bn' or 'frozen_bn'")
     if trainable_layers is None:
         trainable_layers = 3 if imagenet else 5
-    if name.startswith(TIMM_PREFIX):
-        body = TimmBody(name[len(TIMM_PREFIX):], pretrained=pretrained)
-        if norm == "frozen_bn":
-            body.freeze_batch_norm()
-        freeze_stages(body, body.stages(), trainable_layers)
-        return body, body.channels, None
-    weights = PRETRAINED_WEIGHTS[name]() if pretrained else None
-    backbone: BackboneWithFPN = resnet_fpn_backbone(
-        backbone_name=name, weights=weights, norm_layer=norm_layers[norm], trainable_layers=trainable_layers
-    )
+    try:
+        if name.startswith(TIMM_PREFIX):
+            body = TimmBody(name[len(TIMM_PREFIX):], pretrained=pretrained)
+            if norm == "frozen_bn":
+                body.freeze_batch_norm()
+            freeze_stages(body, body.stages(), trainable_layers)
+            return body, body.channels, None
+        weights = PRETRAINED_WEIGHTS[name]() if pretrained else None
+        backbone: BackboneWithFPN = resnet_fpn_backbone(
+            backbone_name=name, weights=weights, norm_layer=norm_layers[norm], trainable_layers=trainable_layers
+        )
+    except OSError as error:  # a download without network (URLError, the hub's "cannot find the requested files")
+        if not pretrained:
+            raise
+        raise OSError(f"model.pretrained_backbone: the ImageNet weights of {name!r} could not be downloaded "
+                      f"({type(error).__name__}: {str(error)[:200]}); without network access, save that model's "
+                      "state dict elsewhere (torch.save(model.state_dict(), PATH)), copy it here and set "
+                      "model.backbone_weights: PATH with pretrained_backbone: false") from error
     channels = [inner[0].in_channels for inner in backbone.fpn.inner_blocks]
     # torchvision fixes 256 FPN channels: another width gets a new FPN
     return backbone.body, channels, backbone.fpn if fpn_channels == backbone.out_channels else None

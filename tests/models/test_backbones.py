@@ -8,6 +8,7 @@ import torch
 from torchvision.models import resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from longtail_seg.models import backbones
 from longtail_seg.models.backbones import (
     BodyWithFPN,
     TinyResNet,
@@ -92,6 +93,23 @@ def test_a_missing_or_foreign_file_fails_with_the_fix(tmp_path):
         build_backbone("resnet18", weights_path=tmp_path / "cut.pth")
     with pytest.raises(ValueError, match="choose one source of ImageNet weights"):
         build_backbone("resnet18", pretrained=True, weights_path=tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm:test_resnet"])
+def test_a_failed_download_says_to_use_a_local_state_dict(monkeypatch, name):
+    """torchvision's and timm's real loading paths raise OSError without network (URLError; the hub's
+    LocalEntryNotFoundError): the message names the key and the local-file alternative."""
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(backbones, "TimmBody" if name.startswith("timm:") else "resnet_fpn_backbone", offline)
+    with pytest.raises(OSError, match=rf"model.pretrained_backbone: the ImageNet weights of '{name}' could not be "
+                                      r"downloaded \(URLError: .*set model.backbone_weights: PATH"):
+        build_backbone(name, pretrained=True)
+    with pytest.raises(URLError):  # not a download: the error as it is
+        build_backbone(name, pretrained=False)
 
 
 def test_frozen_stages_for_any_body():
