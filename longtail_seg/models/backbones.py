@@ -112,7 +112,7 @@ def build_backbone(
     in torchvision). ``trainable_layers`` (0-5; not the tiny backbone) defaults to 3 with ImageNet weights and 5
     (everything) from scratch. ``weights_path``: a local state dict of the backbone's classification model, loaded
     before the options below. ``dcn_stages``: the stages (2-5 = strides 4-32) whose 3x3 convs become deformable.
-    ``rfp_steps`` > 1: the recursive feature pyramid (tiny and torchvision backbones).
+    ``rfp_steps`` > 1: the recursive feature pyramid (``models/rfp.py``).
     """
     if name not in BACKBONES and not name.startswith(TIMM_PREFIX):
         raise ValueError(f"unknown model.backbone {name!r}; choose one of {list(BACKBONES)} or timm:<name>")
@@ -135,9 +135,6 @@ def build_backbone(
     if fpn is None:
         fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
     if rfp_steps > 1:
-        if isinstance(body, TimmBody):
-            raise ValueError(f"model.rfp.steps {rfp_steps} needs the tiny backbone or a torchvision ResNet / "
-                             f"ResNeXt (the feedback enters their residual blocks), not {name!r}")
         return RecursiveFeaturePyramid(body, fpn, channels, fpn_channels, rfp_steps, rfp_aspp_channels,
                                        rfp_aspp_dilations)
     return BodyWithFPN(body, fpn, fpn_channels)

@@ -166,7 +166,7 @@ def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
 
 def check_backbone_options(cfg: Mapping[str, Any], section: str = "model") -> None:
     """``backbone_weights``, ``dcn`` and ``rfp``: types and ranges, stages the backbone has, one source of ImageNet
-    weights, and the recursive feature pyramid only where its feedback can enter the blocks (not timm)."""
+    weights."""
     weights = cfg["backbone_weights"]
     if weights is not None and (not isinstance(weights, str) or not weights):
         raise ValueError(f"{section}.backbone_weights must be a file path or null, got {weights!r}")
@@ -185,9 +185,6 @@ def check_backbone_options(cfg: Mapping[str, Any], section: str = "model") -> No
     dilations = cfg["rfp"]["aspp_dilations"]
     if not isinstance(dilations, (list, tuple)) or not dilations or not all(is_int(d) and d >= 1 for d in dilations):
         raise ValueError(f"{section}.rfp.aspp_dilations must be a non-empty list of integers >= 1, got {dilations!r}")
-    if cfg["rfp"]["steps"] > 1 and cfg["backbone"].startswith("timm:"):
-        raise ValueError(f"{section}.rfp.steps > 1 needs the tiny backbone or a torchvision ResNet / ResNeXt (its "
-                         f"feedback enters their residual blocks), not {cfg['backbone']!r}; set rfp.steps: 1")
 
 
 def check_roi_feature_levels(roi_levels: Any, num_levels: int, section: str = "model") -> None:

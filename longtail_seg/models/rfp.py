@@ -10,8 +10,9 @@ conv, zero-initialised. The FPN (shared by all steps) then gives P^t, and the ou
 ``w * P^t + (1 - w) * P^(t-1)`` per level with ``w = sigmoid(conv1x1(P^t))``, that conv zero-initialised (w = 0.5).
 At initialisation every step therefore reproduces step 1 exactly: an RFP model starts as its plain FPN model.
 
-The feedback enters torchvision ``BasicBlock`` / ``Bottleneck`` residual blocks: the tiny backbone and the torchvision
-ResNets / ResNeXts.
+The feedback enters the residual blocks of the tiny backbone, the torchvision ResNets / ResNeXts, timm's ResNet
+family (SE-ResNeXt, ``senet154``: before the block's last activation) and timm's legacy SENets
+(``legacy_senet154``, ``legacy_seresnext*``).
 """
 
 from __future__ import annotations
@@ -55,23 +56,58 @@ class ASPP(nn.Module):
 
 def stem_and_stages(body: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     """A backbone body as (stem modules in order, residual stages fine to coarse): the tiny ResNet (``stem`` and
-    ``stages``) or torchvision's ResNet body (``IntermediateLayerGetter``: conv1, bn1, relu, maxpool, layer1..4)."""
+    ``stages``), torchvision's ResNet body (``IntermediateLayerGetter``: conv1, bn1, relu, maxpool, layer1..4) or a
+    timm body (its ``features_only`` wrapper, ``model``, holds the same sequence: conv1.. / layer0, layer1..4)."""
     if isinstance(getattr(body, "stem", None), nn.Module) and isinstance(getattr(body, "stages", None), nn.ModuleList):
         return [body.stem], list(body.stages)
+    if isinstance(getattr(body, "model", None), nn.ModuleDict):
+        body = body.model
     names = list(body._modules)
     if "layer1" in names:
         first = names.index("layer1")
         return [body._modules[n] for n in names[:first]], [body._modules[n] for n in names[first:]]
-    raise TypeError(f"{type(body).__name__} is neither the tiny backbone nor a torchvision ResNet body: its stages "
-                    "cannot be found")
+    raise TypeError(f"{type(body).__name__} has no stem + layer1..4 sequence (tiny, torchvision or timm ResNet-style "
+                    "backbones): its stages cannot be found for model.rfp")
+
+
+def feeds_back(block: nn.Module) -> bool:
+    """Whether ``block_with_feedback`` takes this block."""
+    from timm.models import resnet as timm_resnet
+    from timm.models import senet as timm_senet
+
+    return isinstance(block, (resnet.BasicBlock, resnet.Bottleneck, timm_resnet.BasicBlock, timm_resnet.Bottleneck,
+                              timm_senet.Bottleneck))
 
 
 def block_with_feedback(block: nn.Module, x: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
-    """A torchvision ``BasicBlock`` / ``Bottleneck`` with ``feedback`` added to its residual sum before the last
-    ReLU (DetectoRS' ``rfp_forward``); equals ``block(x)`` for zero feedback."""
-    if not isinstance(block, (resnet.BasicBlock, resnet.Bottleneck)):
-        raise TypeError(f"the recursive feature pyramid feeds torchvision BasicBlock / Bottleneck blocks, not "
-                        f"{type(block).__name__}; use the tiny backbone or a torchvision ResNet / ResNeXt")
+    """A residual block with ``feedback`` added to its residual sum before the last activation (DetectoRS'
+    ``rfp_forward``); equals ``block(x)`` for zero feedback. Blocks: torchvision's ``BasicBlock`` / ``Bottleneck``,
+    timm's ResNet ``BasicBlock`` / ``Bottleneck`` and timm's legacy SENet bottlenecks."""
+    if isinstance(block, (resnet.BasicBlock, resnet.Bottleneck)):
+        return _torchvision_block_with_feedback(block, x, feedback)
+    from timm.models import resnet as timm_resnet
+    from timm.models import senet as timm_senet
+
+    if isinstance(block, (timm_resnet.BasicBlock, timm_resnet.Bottleneck)):
+        # the residual sum is the input of the block's own last activation (act2 / act3, used once)
+        last = block.act2 if isinstance(block, timm_resnet.BasicBlock) else block.act3
+        handle = last.register_forward_pre_hook(lambda module, args: (args[0] + feedback,))
+        try:
+            return block(x)
+        finally:
+            handle.remove()
+    if isinstance(block, timm_senet.Bottleneck):
+        shortcut = x if block.downsample is None else block.downsample(x)
+        out = block.relu(block.bn1(block.conv1(x)))
+        out = block.relu(block.bn2(block.conv2(out)))
+        out = block.se_module(block.bn3(block.conv3(out)))
+        return block.relu(out + shortcut + feedback)
+    raise TypeError(f"the recursive feature pyramid feeds ResNet-style residual blocks (torchvision, timm ResNet, "
+                    f"timm legacy SENet bottlenecks), not {type(block).__name__}")
+
+
+def _torchvision_block_with_feedback(block: nn.Module, x: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
+    """``block_with_feedback`` of a torchvision ``BasicBlock`` / ``Bottleneck``."""
     identity = x if block.downsample is None else block.downsample(x)
     out = block.relu(block.bn1(block.conv1(x)))
     if isinstance(block, resnet.Bottleneck):
@@ -93,6 +129,11 @@ class RecursiveFeaturePyramid(nn.Module):
         if steps < 1:
             raise ValueError(f"model.rfp.steps must be >= 1, got {steps}")
         _, stages = stem_and_stages(body)
+        for stage in stages[1:]:
+            if not feeds_back(stage_blocks(stage)[0]):
+                raise ValueError(f"model.rfp.steps {steps}: the feedback enters ResNet-style residual blocks "
+                                 "(torchvision, timm ResNet, timm legacy SENet bottlenecks), not "
+                                 f"{type(stage_blocks(stage)[0]).__name__}; set rfp.steps: 1 for this backbone")
         if len(stages) != len(stage_channels):
             raise ValueError(f"{len(stage_channels)} stage channels for a body with {len(stages)} stages")
         self.body, self.fpn, self.out_channels, self.steps = body, fpn, out_channels, steps

@@ -85,8 +85,6 @@ NESTED_BAD = [
     ({"rfp": {"steps": 0}}, "model.rfp.steps must be an integer >= 1, got 0"),
     ({"rfp": {"aspp_channels": 0}}, "model.rfp.aspp_channels must be an integer >= 1, got 0"),
     ({"rfp": {"aspp_dilations": [1, 0]}}, "model.rfp.aspp_dilations must be a non-empty list of integers >= 1"),
-    ({"rfp": {"steps": 2}, "backbone": "timm:seresnext50_32x4d"}, "model.rfp.steps > 1 needs the tiny backbone or a "
-                                                                   "torchvision ResNet / ResNeXt"),
     ({"backbone_weights": "x.pth", "pretrained_backbone": True}, "model.backbone_weights and "
                                                                  "model.pretrained_backbone: true both load"),
     ({"backbone": "timm:"}, "model.backbone: unknown backbone 'timm:'; choose one of"),

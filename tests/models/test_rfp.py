@@ -139,13 +139,90 @@ def test_resnet_rfp_with_deformable_convs_through_build_backbone():
     assert all(p.requires_grad for p in copy_stages[3].parameters())
 
 
-def test_the_feedback_needs_torchvision_blocks():
-    with pytest.raises(ValueError, match="model.rfp.steps 2 needs the tiny backbone or a torchvision ResNet"):
-        build_backbone("timm:test_resnet", fpn_channels=8, rfp_steps=2)
-    with pytest.raises(TypeError, match="feeds torchvision BasicBlock / Bottleneck blocks"):
+def _timm_blocks() -> list[nn.Module]:
+    from timm.models import resnet as timm_resnet
+    from timm.models import senet as timm_senet
+
+    down = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2), nn.BatchNorm2d(16))
+    return [timm_resnet.BasicBlock(8, 8), timm_resnet.Bottleneck(8, 4, stride=2, downsample=down),
+            timm_senet.SEResNeXtBottleneck(8, 4, groups=2, reduction=2, stride=2, base_width=32,
+                                           downsample=copy.deepcopy(down))]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["timm_basic", "timm_bottleneck", "legacy_senet_bottleneck"])
+def test_feedback_enters_timm_blocks_before_the_last_activation(index):
+    torch.manual_seed(0)
+    block = _timm_blocks()[index].eval()
+    with torch.no_grad():  # timm zero-initialises the last BatchNorm of its ResNet blocks
+        for module in block.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 8, 8, 8)
+    out = block(x)
+    torch.testing.assert_close(block_with_feedback(block, x, torch.zeros_like(out)), out, rtol=0, atol=0)
+    captured = {}
+    if index < 2:  # the residual sum: the last activation's input, seen before the feedback's hook adds to it
+        last = block.act2 if index == 0 else block.act3
+        last.register_forward_pre_hook(lambda m, args: captured.update(value=args[0].clone()))
+    else:
+        block.se_module.register_forward_hook(lambda m, i, o: captured.update(value=o))
+    feedback = torch.randn_like(out)
+    result = block_with_feedback(block, x, feedback)
+    if index < 2:
+        torch.testing.assert_close(result, torch.relu(captured["value"] + feedback))
+    else:  # the SE output + shortcut + feedback
+        torch.testing.assert_close(result, torch.relu(captured["value"] + block.downsample(x) + feedback))
+    assert not torch.equal(result, out)
+    assert block(x).equal(out)  # the hook is gone
+
+
+def test_timm_rfp_starts_as_the_plain_fpn_and_learns():
+    torch.manual_seed(0)
+    rfp = build_backbone("timm:test_resnet", fpn_channels=8, rfp_steps=2, rfp_aspp_channels=4)
+    with torch.no_grad():  # timm's zero-initialised last BatchNorms would hide most of each block
+        for module in rfp.body.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+    rfp.rfp_bodies[0].load_state_dict(rfp.body.state_dict())  # step 2 starts as step 1
+    assert [c.out_channels for c in rfp.rfp_convs[0]] == rfp.body.channels[1:]
+    x = torch.randn(2, 3, 64, 64)
+    rfp.eval()
+    plain = rfp.fpn(rfp.body(x))
+    out = rfp(x)
+    for name, value in plain.items():
+        torch.testing.assert_close(out[name], value, rtol=0, atol=1e-6)
+    _perturb_feedback(rfp)
+    rfp.train()
+    sum(v.square().sum() for v in rfp(x).values()).backward()
+    assert all(c.weight.grad.abs().sum() > 0 for c in rfp.rfp_convs[0])
+    assert rfp.aspp.pooled.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, stem", [("legacy_senet154", ["layer0", "pool0"]),
+                                        ("seresnext50_32x4d", ["conv1", "bn1", "act1", "maxpool"])])
+def test_timm_se_backbones_split_into_stem_and_feedable_stages(name, stem):
+    """SENet-154 (legacy) and SE-ResNeXt-50 (timm's ResNet) as their features_only wrappers hold them (built on the
+    meta device: no weights)."""
+    import timm
+
+    from longtail_seg.models.rfp import feeds_back
+
+    with torch.device("meta"):
+        wrapper = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4))
+    stem_modules, stages = stem_and_stages(wrapper)
+    assert [wrapper[n] for n in stem] == stem_modules and [wrapper[f"layer{i}"] for i in (1, 2, 3, 4)] == stages
+    assert all(feeds_back(stage[0]) for stage in stages)
+
+
+def test_blocks_without_a_feedback_path_fail_naming_the_key():
+    with pytest.raises(TypeError, match="feeds ResNet-style residual blocks"):
         block_with_feedback(nn.Conv2d(3, 3, 1), torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))
-    with pytest.raises(TypeError, match="cannot be found"):
+    with pytest.raises(TypeError, match="its stages cannot be found for model.rfp"):
         stem_and_stages(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    body = TinyResNet(8, CHANNELS)
+    body.stages[1] = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1))
+    with pytest.raises(ValueError, match="model.rfp.steps 2: the feedback enters ResNet-style residual blocks"):
+        RecursiveFeaturePyramid(body, nn.Identity(), CHANNELS, 8, steps=2)
     with pytest.raises(ValueError, match="model.rfp.steps must be >= 1"):
         RecursiveFeaturePyramid(TinyResNet(8, CHANNELS), nn.Identity(), CHANNELS, 8, steps=0)
     assert copy.deepcopy(_tiny(2)).steps == 2
