@@ -129,7 +129,7 @@ class RecursiveFeaturePyramid(nn.Module):
         if steps < 1:
             raise ValueError(f"model.rfp.steps must be >= 1, got {steps}")
         _, stages = stem_and_stages(body)
-        for stage in stages[1:]:
+        for stage in stages[1:] if steps > 1 else []:
             if not feeds_back(stage_blocks(stage)[0]):
                 raise ValueError(f"model.rfp.steps {steps}: the feedback enters ResNet-style residual blocks "
                                  "(torchvision, timm ResNet, timm legacy SENet bottlenecks), not "
