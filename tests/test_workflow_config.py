@@ -259,7 +259,8 @@ def _enum(definition: str, key: str) -> list[Any]:
 
 
 def test_schema_enums_are_the_code_choices():
-    assert _enum("model_settings", "backbone") == list(BACKBONES)
+    backbone = _resolved(DEFS["model_settings"]["properties"]["backbone"])  # names checked by the code: + timm:<name>
+    assert backbone["type"] == "string" and all(f"`{name}`" in backbone["description"] for name in BACKBONES)
     assert _enum("model_settings", "norm") == list(NORMS)
     assert _enum("train_settings", "sampler") == list(TRAIN_SAMPLERS)
     assert _enum("retrain_settings", "sampler") == list(RETRAIN_SAMPLERS)
@@ -401,6 +402,8 @@ BAD_VALUES = [
      "tests.single_scale: mask_threshold must be a number in (0, 1], got nan"),
     ({"model": {"box_nms_thresh": NAN}}, "model.box_nms_thresh must be a number in [0, 1], got nan"),
     ({"model": {"image_mean": [0.5, NAN, 0.5]}}, "model.image_mean must be 3 numbers, got [0.5, nan, 0.5]"),
+    ({"model": {"backbone": "resnet"}}, "model.backbone: unknown backbone 'resnet'; choose one of"),
+    ({"model": {"dcn": {"stages": [5]}}}, "model.dcn.stages must be a list of distinct stages in [2, 4]"),
 ]
 
 

@@ -4,6 +4,7 @@ same values) and the checks that run before a detector is built, torch-free so t
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,14 +18,18 @@ from longtail_seg.config_keys import (
 )
 from longtail_seg.models.registry import ROI_HEADS, check_classifier_config
 
-BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "resnext101_32x8d")
+BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
+TIMM_BACKBONE = re.compile(r"^timm:[A-Za-z0-9_.]+$")  # any timm model with maps at strides 4-32 (checked at build)
 NORMS = ("bn", "frozen_bn", None)
 
 # Defaults = the embedded demo model (see shared/demo_targets.md). A real-LVIS config overrides backbone,
 # fpn_channels, RPN/RoI sizes and the internal resize.
 DEFAULT_MODEL_CFG: dict[str, Any] = {
-    "backbone": "tiny",  # tiny | resnet18 | resnet50 | resnet101 | resnext101_32x8d
-    "pretrained_backbone": False,  # true: ImageNet weights via torchvision's weights API (downloads once)
+    "backbone": "tiny",  # tiny | resnet18 | resnet50 | resnet101 | resnext50_32x4d | resnext101_32x8d | timm:<name>
+    "pretrained_backbone": False,  # true: ImageNet weights via torchvision's / timm's loading path (downloads once)
+    "backbone_weights": None,  # path of a local state dict of the backbone's ImageNet model (instead of a download)
+    "dcn": {"stages": [], "modulated": False},  # deformable 3x3 convs in these stages (2-5); DCNv2 masks
+    "rfp": {"steps": 1, "aspp_channels": 64, "aspp_dilations": [1, 3, 6]},  # recursive FPN (DetectoRS); 1 = off
     "trainable_backbone_layers": None,  # ResNets: 0-5; null = 3 if pretrained else 5
     "norm": None,  # bn | frozen_bn; null = frozen_bn if pretrained else bn (trainable)
     "tiny_stem_channels": 24,
@@ -96,6 +101,10 @@ MODEL_LIST_CHECKS: dict[str, tuple[str, Any, int | None]] = {
 }
 
 
+# The nested keys: their own defaults in DEFAULT_MODEL_CFG, merged key by key with what a config gives.
+NESTED_KEYS = ("dcn", "rfp")
+
+
 def num_feature_levels(backbone: str, tiny_stage_channels: tuple[int, ...] = (48, 96, 192)) -> int:
     """Number of FPN maps (including "pool") the backbone returns: one anchor size per level."""
     return (len(tiny_stage_channels) if backbone == "tiny" else 4) + 1
@@ -107,6 +116,12 @@ def resolve_model_cfg(model_cfg: Mapping[str, Any] | None, section: str = "model
     reject_unknown_keys(section, model_cfg, DEFAULT_MODEL_CFG)
     cfg = copy.deepcopy(DEFAULT_MODEL_CFG)
     cfg.update(copy.deepcopy(model_cfg))
+    for key in NESTED_KEYS:
+        if not isinstance(cfg[key], Mapping):
+            raise ValueError(f"{section}.{key} must be a mapping with keys {sorted(DEFAULT_MODEL_CFG[key])}, "
+                             f"got {cfg[key]!r}")
+        reject_unknown_keys(f"{section}.{key}", cfg[key], DEFAULT_MODEL_CFG[key])
+        cfg[key] = {**copy.deepcopy(DEFAULT_MODEL_CFG[key]), **cfg[key]}
     check_model_cfg(cfg, section)
     if cfg["anchor_sizes"] is None:
         levels = num_feature_levels(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
@@ -129,8 +144,11 @@ def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
             size = f"{length}" if length is not None else "a non-empty list of"
             null = " or null" if key == "anchor_sizes" else ""
             raise ValueError(f"{section}.{key} must be {size} {items}{null}, got {value!r}")
-    if cfg["backbone"] not in BACKBONES:
-        raise ValueError(f"{section}.backbone: unknown backbone {cfg['backbone']!r}; choose one of {list(BACKBONES)}")
+    if cfg["backbone"] not in BACKBONES and not (isinstance(cfg["backbone"], str) and
+                                                 TIMM_BACKBONE.match(cfg["backbone"])):
+        raise ValueError(f"{section}.backbone: unknown backbone {cfg['backbone']!r}; choose one of {list(BACKBONES)} "
+                         "or timm:<name> (a timm model, e.g. timm:legacy_senet154, timm:seresnext50_32x4d)")
+    check_backbone_options(cfg, section)
     if cfg["norm"] not in NORMS:
         raise ValueError(f"{section}.norm must be one of {list(NORMS)}, got {cfg['norm']!r}")
     if cfg["roi_heads"] not in ROI_HEADS:
@@ -144,6 +162,29 @@ def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
             f"has {levels} FPN levels; give one size per level (fine to coarse) or null"
         )
     check_roi_feature_levels(cfg["roi_feature_levels"], levels, section)
+
+
+def check_backbone_options(cfg: Mapping[str, Any], section: str = "model") -> None:
+    """``backbone_weights``, ``dcn`` and ``rfp``: types and ranges, stages the backbone has, one source of ImageNet
+    weights."""
+    weights = cfg["backbone_weights"]
+    if weights is not None and (not isinstance(weights, str) or not weights):
+        raise ValueError(f"{section}.backbone_weights must be a file path or null, got {weights!r}")
+    if weights is not None and cfg["pretrained_backbone"]:
+        raise ValueError(f"{section}.backbone_weights and {section}.pretrained_backbone: true both load ImageNet "
+                         "weights; set pretrained_backbone: false to use the local file")
+    last_stage = 1 + (len(cfg["tiny_stage_channels"]) if cfg["backbone"] == "tiny" else 4)
+    stages = cfg["dcn"]["stages"]
+    if not isinstance(stages, (list, tuple)) or not all(is_int(s) and 2 <= s <= last_stage for s in stages) \
+            or len(set(stages)) != len(stages):
+        raise ValueError(f"{section}.dcn.stages must be a list of distinct stages in [2, {last_stage}] (2 = stride 4; "
+                         f"backbone {cfg['backbone']!r} has {last_stage - 1} stages), got {stages!r}")
+    check_bool(f"{section}.dcn.modulated", cfg["dcn"]["modulated"])
+    check_int(f"{section}.rfp.steps", cfg["rfp"]["steps"], minimum=1)
+    check_int(f"{section}.rfp.aspp_channels", cfg["rfp"]["aspp_channels"], minimum=1)
+    dilations = cfg["rfp"]["aspp_dilations"]
+    if not isinstance(dilations, (list, tuple)) or not dilations or not all(is_int(d) and d >= 1 for d in dilations):
+        raise ValueError(f"{section}.rfp.aspp_dilations must be a non-empty list of integers >= 1, got {dilations!r}")
 
 
 def check_roi_feature_levels(roi_levels: Any, num_levels: int, section: str = "model") -> None:

@@ -22,7 +22,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from longtail_seg.io_utils import CorruptFileError, atomic_path, load_torch_file
-from longtail_seg.models.backbones import build_backbone
+from longtail_seg.models.backbones import build_backbone_from_cfg
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.roi_heads import build_roi_heads
 
@@ -155,15 +155,7 @@ def build_detector(model_cfg: dict[str, Any] | None, num_classes: int) -> Detect
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
     cfg = resolve_model_cfg(model_cfg)
-    backbone = build_backbone(
-        cfg["backbone"],
-        fpn_channels=cfg["fpn_channels"],
-        pretrained=cfg["pretrained_backbone"],
-        trainable_layers=cfg["trainable_backbone_layers"],
-        norm=cfg["norm"],
-        tiny_stem_channels=cfg["tiny_stem_channels"],
-        tiny_stage_channels=tuple(cfg["tiny_stage_channels"]),
-    )
+    backbone = build_backbone_from_cfg(cfg)
     # the heads before the RPN: torchvision's MaskRCNN builds them in this order, so a seed gives its weights
     roi_heads = build_roi_heads(cfg, backbone.out_channels, num_classes)
     rpn = build_rpn(cfg, backbone.out_channels)
@@ -253,8 +245,8 @@ def load_detector(checkpoint_path: str | os.PathLike, map_location: str | torch.
             "training-state files (checkpoints/last.pth) are not loadable here, use model_final.pth"
         )
     num_classes = payload.get("num_classes", len(payload["category_ids"]))
-    # weights come from the file: never download ImageNet weights again for a trained model
-    model = build_detector(dict(payload["model_cfg"], pretrained_backbone=False), num_classes)
+    # weights come from the file: never download or read ImageNet weights again for a trained model
+    model = build_detector(dict(payload["model_cfg"], pretrained_backbone=False, backbone_weights=None), num_classes)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:

@@ -10,8 +10,13 @@ from longtail_seg.models.config import DEFAULT_MODEL_CFG, resolve_model_cfg
 NAN = float("nan")
 # Every key with values that must fail, and the start of what the message says they must be.
 MODEL_BAD: dict[str, tuple[str, list]] = {
-    "backbone": ("backbone: unknown backbone", ["resnet", None]),
+    "backbone": ("backbone: unknown backbone", ["resnet", None, "timm:", "timm:senet 154", "timm"]),
     "pretrained_backbone": ("pretrained_backbone must be true or false", [1, "false"]),
+    "backbone_weights": ("backbone_weights must be a file path or null", ["", 3, True]),
+    "dcn": ("dcn", [[3, 4, 5], {"stages": [1]}, {"stages": [5]}, {"stages": [3, 3]}, {"modulated": 1},
+                    {"stage": [3]}]),  # the tiny backbone's stages are 2-4
+    "rfp": ("rfp", [2, {"steps": 0}, {"steps": 2.0}, {"aspp_channels": 0}, {"aspp_dilations": []},
+                    {"aspp_dilations": [0]}, {"step": 2}]),
     "trainable_backbone_layers": ("trainable_backbone_layers must be an integer in [0, 5] or null", [6, -1, "3"]),
     "norm": ("norm must be one of ['bn', 'frozen_bn', None]", ["gn"]),
     "tiny_stem_channels": ("tiny_stem_channels must be an integer >= 1", [0, "24", 24.0]),
@@ -63,3 +68,42 @@ def test_values_on_the_bounds_pass():
     cfg = resolve_model_cfg({"trainable_backbone_layers": 0, "roi_sampling_ratio": 0, "box_score_thresh": 0,
                              "box_nms_thresh": 1, "anchor_sizes": (8, 16, 32.5, 64), "tiny_stage_channels": (8, 8, 8)})
     assert cfg["anchor_sizes"] == (8, 16, 32.5, 64)
+
+
+# --- deformable convs, the recursive feature pyramid, timm backbones and local weights ------------------------------
+
+NESTED_BAD = [
+    ({"dcn": [3, 4, 5]}, "model.dcn must be a mapping with keys ['modulated', 'stages'], got [3, 4, 5]"),
+    ({"dcn": {"stage": [3]}}, "model.dcn: unknown key(s) ['stage']; allowed: ['modulated', 'stages']"),
+    ({"dcn": {"stages": [1]}}, "model.dcn.stages must be a list of distinct stages in [2, 4] (2 = stride 4; backbone "
+                               "'tiny' has 3 stages), got [1]"),
+    ({"backbone": "resnet50", "dcn": {"stages": [3, 6]}}, "model.dcn.stages must be a list of distinct stages in "
+                                                          "[2, 5]"),
+    ({"dcn": {"stages": [3, 3]}}, "model.dcn.stages must be a list of distinct stages"),
+    ({"dcn": {"stages": "3"}}, "model.dcn.stages must be a list"),
+    ({"dcn": {"modulated": "yes"}}, "model.dcn.modulated must be true or false, got 'yes'"),
+    ({"rfp": {"steps": 0}}, "model.rfp.steps must be an integer >= 1, got 0"),
+    ({"rfp": {"aspp_channels": 0}}, "model.rfp.aspp_channels must be an integer >= 1, got 0"),
+    ({"rfp": {"aspp_dilations": [1, 0]}}, "model.rfp.aspp_dilations must be a non-empty list of integers >= 1"),
+    ({"backbone_weights": "x.pth", "pretrained_backbone": True}, "model.backbone_weights and "
+                                                                 "model.pretrained_backbone: true both load"),
+    ({"backbone": "timm:"}, "model.backbone: unknown backbone 'timm:'; choose one of"),
+]
+
+
+@pytest.mark.parametrize("override, message", NESTED_BAD, ids=[m.split(" ")[0] for _, m in NESTED_BAD])
+def test_backbone_options_fail_naming_their_key(override, message):
+    with pytest.raises(ValueError) as error:
+        resolve_model_cfg(override, section="model")
+    assert str(error.value).startswith(message), str(error.value)
+
+
+def test_nested_options_merge_with_their_defaults():
+    cfg = resolve_model_cfg({"backbone": "resnet50", "dcn": {"stages": [3, 4, 5]}, "rfp": {"steps": 3}})
+    assert cfg["dcn"] == {"stages": [3, 4, 5], "modulated": False}
+    assert cfg["rfp"] == {"steps": 3, "aspp_channels": 64, "aspp_dilations": [1, 3, 6]}
+    assert DEFAULT_MODEL_CFG["dcn"] == {"stages": [], "modulated": False}  # the defaults are not changed
+    cfg = resolve_model_cfg({"backbone": "timm:legacy_senet154", "backbone_weights": "w.pth",
+                             "dcn": {"stages": [2, 5], "modulated": True}})
+    assert cfg["backbone"] == "timm:legacy_senet154" and cfg["anchor_sizes"] == [32, 64, 128, 256, 512]
+    assert resolve_model_cfg({"tiny_stage_channels": [8, 8, 8, 8], "dcn": {"stages": [5]}})["dcn"]["stages"] == [5]
