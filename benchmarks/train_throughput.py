@@ -8,6 +8,8 @@ STOCK_PRELOADED = torchvision's own RoIHeads, FastRCNNPredictor and GeneralizedR
                   memory: the step alone, no data loading (an upper bound).
 STOCK_LOADER    = the same step fed by a DataLoader over the same dataset, transforms and workers, as
                   references/detection trains: the fair reference for ours.
+OURS_PRELOADED  = our detector (replaceable classifier RoI heads, no internal resize) stepped by the same reference
+                  loop on the same pre-loaded batches: the model's share of a difference.
 OURS            = ``longtail_seg.engine.train.train`` (replaceable classifier RoI heads, sampler, seeded samples,
                   metrics, NaN checks) with real loading; images/s from its metrics.csv, first window dropped.
 OURS_DOUBLE     = OURS with the double classifier (softmax + balanced group softmax branches trained in one
@@ -57,7 +59,7 @@ from longtail_seg.stats import bgs_groups  # noqa: E402
 LVIS_MODEL = {"backbone": "resnet50", "pretrained_backbone": False, "trainable_backbone_layers": 3, "norm": "bn",
               "fpn_channels": 256, "anchor_sizes": None, "roi_feature_levels": ["0", "1", "2", "3"],
               "box_batch_size_per_image": 512, "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 1000}
-CONFIGURATIONS = ("stock_preloaded", "stock_loader", "ours", "ours_double")
+CONFIGURATIONS = ("stock_preloaded", "stock_loader", "ours_preloaded", "ours", "ours_double")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,11 +139,11 @@ def stock_equivalent(model_cfg: dict, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def time_stock(model_cfg: dict, num_classes: int, batches, warmup: int, iterations: int,
-               device: torch.device, bf16: bool) -> float:
-    """Images/s of torchvision's reference training step on ``batches`` (a list in memory, or a loader)."""
-    torch.manual_seed(0)
-    model = stock_equivalent(model_cfg, num_classes).to(device).train()
+def time_reference_loop(model: torch.nn.Module, batches, warmup: int, iterations: int, device: torch.device,
+                        bf16: bool) -> float:
+    """Images/s of references/detection's training step for ``model`` on ``batches`` (a list in memory, or a
+    loader)."""
+    model = model.to(device).train()
     optimizer = build_optimizer(model, "adamw", 2e-3, 1e-4)
     batch_iter = itertools.cycle(batches)
     images_done, start = 0, 0.0
@@ -200,12 +202,18 @@ def measure_round(name: str, model_cfgs: dict, dataset, preloaded: list, args, d
     """One timing of configuration ``name``."""
     bf16 = args.dtype == "bf16" and device.type == "cuda"
     if name == "stock_preloaded":
-        return time_stock(model_cfgs["ours"], dataset.num_classes, preloaded, args.warmup, args.iterations,
-                          device, bf16)
-    if name == "stock_loader":
-        return time_stock(model_cfgs["ours"], dataset.num_classes, _endless(dataset, args), args.warmup,
-                          args.iterations, device, bf16)
-    return time_ours(model_cfgs[name], dataset, args, device)
+        batches = preloaded
+    elif name == "stock_loader":
+        batches = _endless(dataset, args)
+    elif name == "ours_preloaded":
+        torch.manual_seed(0)
+        model = build_detector(model_cfgs["ours"], dataset.num_classes)
+        return time_reference_loop(model, preloaded, args.warmup, args.iterations, device, bf16)
+    else:
+        return time_ours(model_cfgs[name], dataset, args, device)
+    torch.manual_seed(0)
+    model = stock_equivalent(model_cfgs["ours"], dataset.num_classes)
+    return time_reference_loop(model, batches, args.warmup, args.iterations, device, bf16)
 
 
 def _endless(dataset, args):
@@ -224,6 +232,8 @@ def summarise(times: dict[str, list[float]], args, dataset, device) -> dict:
         "images_per_s": medians, "all_rounds": times,
         "ratio_ours_vs_stock_loader": medians["ours"] / medians["stock_loader"],
         "ratio_ours_vs_stock_preloaded": medians["ours"] / medians["stock_preloaded"],
+        "ratio_our_model_vs_stock_model": medians["ours_preloaded"] / medians["stock_preloaded"],
+        "ratio_our_loop_vs_reference_loop": medians["ours"] / medians["ours_preloaded"],
         "loading_cost_stock": 1 - medians["stock_loader"] / medians["stock_preloaded"],
         "double_classifier_overhead": 1 - medians["ours_double"] / medians["ours"],
         "machine": machine(device),
@@ -239,6 +249,9 @@ def report(result: dict) -> str:
         f"medians of {result['rounds']} alternating rounds\n\n" + markdown_table(rows)
         + f"\n- ours / stock with loading: {result['ratio_ours_vs_stock_loader']:.3f} (target >= 0.95)\n"
         f"- ours / stock on pre-loaded batches: {result['ratio_ours_vs_stock_preloaded']:.3f}\n"
+        f"- our model / stock model, same loop and batches: {result['ratio_our_model_vs_stock_model']:.3f}\n"
+        f"- our train() with loading / the reference loop on pre-loaded batches, our model: "
+        f"{result['ratio_our_loop_vs_reference_loop']:.3f}\n"
         f"- data loading's share of the stock step: {result['loading_cost_stock']:.1%}\n"
         f"- double classifier overhead: {result['double_classifier_overhead']:.1%} of the step (target <= 5%)\n"
     )
