@@ -45,6 +45,12 @@ CLASSIFIERS: dict[str, Component] = {
 
 ROI_HEADS: dict[str, Component] = {
     "standard": Component("longtail_seg.models.roi_heads:StandardRoIHeads"),
+    # Cascade R-CNN: one box stage per IoU threshold; its keys live under model.cascade (models/config.py checks them)
+    "cascade": Component(
+        "longtail_seg.models.cascade_roi_heads:CascadeRoIHeads",
+        {"iou_thresholds": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
+         "bbox_reg_weights": [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]},
+    ),
 }
 
 
