@@ -185,7 +185,8 @@ def model_job_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     Settings of RoI heads the model does not use (``model.cascade`` with standard heads) are left out: they change
     nothing the job builds, so they rerun no job."""
     settings = resolve_model_cfg(config["model"], "model")
-    return {key: value for key, value in settings.items() if key not in ROI_HEADS or key == settings["roi_heads"]}
+    unused = {heads.section for heads in ROI_HEADS.values()} - {ROI_HEADS[settings["roi_heads"]].section}
+    return {key: value for key, value in settings.items() if key not in unused}
 
 
 def uses_pseudo_labels(config: Mapping[str, Any], model: str) -> bool:

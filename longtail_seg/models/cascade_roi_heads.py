@@ -102,16 +102,10 @@ class CascadeRoIHeads(StandardRoIHeads):
     def from_config(cls, cfg: dict[str, Any], in_channels: int, num_classes: int) -> CascadeRoIHeads:
         """Build from a resolved ``model:`` config (``model.cascade`` gives the stages)."""
         box_roi_pool, mask_roi_pool = roi_pools(cfg)
-        dim, stages = cfg["box_head_dim"], cfg["cascade"]
-        box_heads, box_predictors = [], []
-        for _ in stages["iou_thresholds"]:
-            box_heads.append(TwoMLPHead(in_channels * 7 * 7, dim))
-            box_predictors.append(BoxPredictor(build_classifier(cfg["classifier"], dim, num_classes),
-                                               BoxRegressor(dim, 0)))
+        box_heads, box_predictors = box_stages(cfg, in_channels, num_classes)
         mask_head, mask_predictor = mask_branch(cfg, in_channels, num_classes)
         return cls(box_roi_pool, box_heads, box_predictors, mask_roi_pool, mask_head, mask_predictor,
-                   iou_thresholds=stages["iou_thresholds"], stage_loss_weights=stages["stage_loss_weights"],
-                   bbox_reg_weights=stages["bbox_reg_weights"], **head_settings(cfg))
+                   **stage_settings(cfg), **head_settings(cfg))
 
     @property
     def num_stages(self) -> int:
@@ -214,6 +208,22 @@ class CascadeRoIHeads(StandardRoIHeads):
         decoded = self.box_coders[stage].decode_single(box_regression.to(reference.dtype), reference)
         per_image = decoded.split([len(b) for b in boxes], dim=0)
         return [box_ops.clip_boxes_to_image(b, shape) for b, shape in zip(per_image, image_shapes)]
+
+
+def box_stages(cfg: dict[str, Any], in_channels: int, num_classes: int) -> tuple[list[nn.Module], list[BoxPredictor]]:
+    """Per stage of ``model.cascade``: a two-fc box head, and a predictor of a ``model.classifier`` classifier and a
+    class-agnostic box regressor."""
+    dim = cfg["box_head_dim"]
+    heads, predictors = [], []
+    for _ in cfg["cascade"]["iou_thresholds"]:
+        heads.append(TwoMLPHead(in_channels * 7 * 7, dim))
+        predictors.append(BoxPredictor(build_classifier(cfg["classifier"], dim, num_classes), BoxRegressor(dim, 0)))
+    return heads, predictors
+
+
+def stage_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The per-stage keyword settings of a resolved model config's ``model.cascade``."""
+    return {key: cfg["cascade"][key] for key in ("iou_thresholds", "stage_loss_weights", "bbox_reg_weights")}
 
 
 def nonempty(boxes: torch.Tensor) -> torch.Tensor:

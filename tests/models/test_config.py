@@ -27,7 +27,7 @@ MODEL_BAD: dict[str, tuple[str, list]] = {
     "rpn_post_nms_top_n_test": ("rpn_post_nms_top_n_test must be an integer >= 1", [None]),
     "rpn_nms_thresh": ("rpn_nms_thresh must be a number in [0, 1]", [1.5, "0.7", NAN]),
     "rpn_batch_size_per_image": ("rpn_batch_size_per_image must be an integer >= 1", [0, True]),
-    "roi_heads": ("roi_heads: unknown RoI heads", ["cascde", "htc"]),
+    "roi_heads": ("roi_heads: unknown RoI heads", ["cascde", "hct"]),
     "cascade": ("cascade", [None, [0.5], {"iou_threshold": [0.5]}, {"iou_thresholds": [0.5, 1.5, 0.7]}]),
     "box_batch_size_per_image": ("box_batch_size_per_image must be an integer >= 1", [0, "32"]),
     "box_positive_fraction": ("box_positive_fraction must be a number in [0, 1]", [-0.1, 2]),
