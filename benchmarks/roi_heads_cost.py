@@ -1,7 +1,7 @@
 """Cost of a model option side by side with the plain model: parameters, CPU training step and inference time.
 
 Each variant is the demo model (``config.yaml`` ``model:`` defaults, 192 classes) with some keys changed, by
-default ``standard`` (Mask R-CNN's RoI heads) and ``cascade`` (``roi_heads: cascade``). On the same in-memory
+default ``standard`` (Mask R-CNN's RoI heads), ``cascade`` (``roi_heads: cascade``) and ``htc``. On the same in-memory
 batch (``--batch-size`` synthetic 128 x 128 images with 3 objects each, as the demo's), every variant does untimed
 warm-up steps and then timed ones: a training step (forward, backward, AdamW step) and an inference pass
 (``Detector.detect``, no pasting). Rounds alternate the variants so background load hits all alike; the result
@@ -23,13 +23,13 @@ from bench_common import machine, markdown_table, write_results
 
 from longtail_seg.models.detector import build_detector
 
-DEFAULT_VARIANTS = {"standard": {}, "cascade": {"roi_heads": "cascade"}}
+DEFAULT_VARIANTS = {"standard": {}, "cascade": {"roi_heads": "cascade"}, "htc": {"roi_heads": "htc"}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                        help="a model variant: its name and model keys as JSON (default: standard and cascade)")
+                        help="a model variant: its name and model keys as JSON (default: standard, cascade, htc)")
     parser.add_argument("--num-classes", type=int, default=192, help="foreground classes (default 192, the demo)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default 8, the demo's)")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
