@@ -1,7 +1,8 @@
 """Cascade R-CNN heads: each stage samples at its own IoU threshold from the previous stage's refined boxes, the
 loss weights apply per stage, inference averages the stages' scores (hand-computed values) and keeps the last
 stage's boxes, decoupled retraining trains exactly the three stage classifiers (and combines them into three double
-classifiers), checkpoints round-trip, and bad ``model.cascade`` keys fail naming their path."""
+classifiers), checkpoints round-trip, multi-scale testing runs on cascade and HTC checkpoints, and bad
+``model.cascade`` keys fail naming their path."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from longtail_seg.engine.retrain import (
     prepare_for_classifier_retraining,
     retrain_classifier,
 )
+from longtail_seg.inference.config import TestConfig
+from longtail_seg.inference.run import predict_annotation_file
 from longtail_seg.models.cascade_roi_heads import CascadeRoIHeads
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.detector import build_detector, load_detector, save_checkpoint
@@ -318,3 +321,15 @@ def test_the_workflow_checks_the_cascade_section_when_the_dag_is_built() -> None
                                                                             "stage_loss_weights": [1, 1]}}}))
     with pytest.raises(jsonschema.ValidationError, match="1.5 is greater than the maximum of 1"):  # the schema
         check_config(merged({"model": {"cascade": {"iou_thresholds": [0.5, 0.6, 1.5]}}}))
+
+
+@pytest.mark.parametrize("roi_heads", ["cascade", "htc"])
+def test_multi_scale_flip_testing_with_mask_voting_runs_on_cascade_checkpoints(roi_heads, small_lvis, tmp_path):
+    annotations, image_root = small_lvis
+    torch.manual_seed(0)
+    model = build_detector(dict(CASCADE_CFG, roi_heads=roi_heads), 3)
+    save_checkpoint(tmp_path / "model.pth", model, model.model_cfg, [1, 2, 3])
+    cfg = TestConfig.from_dict({"min_size": 32, "max_size": 200, "batch_size": 2, "max_dets": 10, "scales": [32, 48],
+                                "flip": True, "merge": "soft_nms", "mask_voting": True})
+    results, num_images, _ = predict_annotation_file(tmp_path / "model.pth", annotations, image_root, cfg)
+    assert num_images > 0 and results and all(r["segmentation"]["counts"] for r in results)
