@@ -20,7 +20,7 @@ from longtail_seg.config_keys import string_hint
 from longtail_seg.engine.config import RetrainConfig, TrainConfig
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.models.config import resolve_model_cfg
-from longtail_seg.models.registry import check_classifier_config
+from longtail_seg.models.registry import ROI_HEADS, check_classifier_config
 
 # The keys a model entry of each stage takes (the schema allows their union on every model).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -186,8 +186,12 @@ def _with_overrides(config: Mapping[str, Any], model: str, section: str) -> dict
 
 def model_job_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The ``model`` section with every default filled in and anchors resolved: representation learning's
-    ``--model-cfg`` (a config that states a default or leaves it out builds the same model, and the same job)."""
-    return resolve_model_cfg(config["model"], "model")
+    ``--model-cfg`` (a config that states a default or leaves it out builds the same model, and the same job).
+    Settings of RoI heads the model does not use (``model.cascade`` with standard heads) are left out: they change
+    nothing the job builds, so they rerun no job."""
+    settings = resolve_model_cfg(config["model"], "model")
+    unused = {heads.section for heads in ROI_HEADS.values()} - {ROI_HEADS[settings["roi_heads"]].section}
+    return {key: value for key, value in settings.items() if key not in unused}
 
 
 def uses_pseudo_labels(config: Mapping[str, Any], model: str) -> bool:

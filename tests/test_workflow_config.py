@@ -169,7 +169,7 @@ CROSS_FIELD = [
     ({"tests": {"multi_scale_box": {"from": "missing"}}}, ["tests.multi_scale_box.from", "not a key of 'tests'"]),
     ({"tests": {"single_scale": {"from": "multi_scale_mask"}}}, ["tests.", ".from", "part of a cycle"]),
     ({"model": {"anchor_sizes": [16, 32]}}, ["model.anchor_sizes", "4 FPN levels"]),
-    ({"model": {"roi_heads": "cascade"}}, ["model.roi_heads", "standard"]),
+    ({"model": {"roi_heads": "cascde"}}, ["model.roi_heads", "cascade", "standard"]),
     ({"model": {"classifier": {"type": "double"}}}, ["model.classifier", "branches"]),
     ({"train": {"lr_schedule": [[0, -1]]}}, ["train.lr_schedule"]),
     ({"retrain": {"epochs": 0, "max_iterations": None}}, ["retrain.epochs", "retrain.max_iterations"]),
@@ -337,7 +337,9 @@ def test_train_and_model_settings_are_complete_and_resolved():
     uniform = merged({"models": {"representation": {"train": {"sampler": "uniform"}}}})
     assert training_job_settings(uniform, "representation", "train")["sampler"] == "uniform"
     model = model_job_settings(config)
-    assert set(model) == set(DEFAULT_MODEL_CFG) and model["anchor_sizes"] == [16, 32, 64, 128]
+    assert set(model) == set(DEFAULT_MODEL_CFG) - {"cascade"} and model["anchor_sizes"] == [16, 32, 64, 128]
+    cascade = model_job_settings(merged({"model": {"roi_heads": "cascade"}}))  # the heads' own section only if used
+    assert set(cascade) == set(DEFAULT_MODEL_CFG) and cascade["cascade"]["iou_thresholds"] == [0.5, 0.6, 0.7]
 
 
 def test_test_settings_inherit_and_keep_only_their_path_keys():

@@ -44,6 +44,8 @@ DEFAULT_MODEL_CFG: dict[str, Any] = {
     "rpn_nms_thresh": 0.7,
     "rpn_batch_size_per_image": 256,
     "roi_heads": "standard",  # RoI heads by name (models/registry.py ROI_HEADS)
+    # roi_heads: cascade: one box stage per IoU threshold, its loss weight and box-coder weights (registry defaults)
+    "cascade": copy.deepcopy(dict(ROI_HEADS["cascade"].keys)),
     "box_batch_size_per_image": 32,  # sampled RoIs per image for the box/mask losses
     "box_positive_fraction": 0.25,
     "box_head_dim": 256,  # TwoMLPHead representation size
@@ -122,6 +124,7 @@ def resolve_model_cfg(model_cfg: Mapping[str, Any] | None, section: str = "model
                              f"got {cfg[key]!r}")
         reject_unknown_keys(f"{section}.{key}", cfg[key], DEFAULT_MODEL_CFG[key])
         cfg[key] = {**copy.deepcopy(DEFAULT_MODEL_CFG[key]), **cfg[key]}
+    cfg["cascade"] = merged_cascade_cfg(model_cfg.get("cascade", {}), section)
     check_model_cfg(cfg, section)
     if cfg["anchor_sizes"] is None:
         levels = num_feature_levels(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
@@ -155,6 +158,7 @@ def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
         raise ValueError(f"{section}.roi_heads: unknown RoI heads {cfg['roi_heads']!r}; registered: "
                          f"{sorted(ROI_HEADS)} (longtail_seg/models/registry.py)")
     check_classifier_config(cfg["classifier"], f"{section}.classifier")
+    check_cascade_cfg(cfg["cascade"], section)
     levels = num_feature_levels(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
     if cfg["anchor_sizes"] is not None and len(cfg["anchor_sizes"]) != levels:
         raise ValueError(
@@ -194,3 +198,37 @@ def check_roi_feature_levels(roi_levels: Any, num_levels: int, section: str = "m
     if not positions or None in positions or positions != list(range(positions[0], positions[0] + len(positions))):
         raise ValueError(f"{section}.roi_feature_levels must be consecutive FPN maps, fine to coarse, from "
                          f"{names}; got {roi_levels!r}")
+
+
+def merged_cascade_cfg(given: Any, section: str = "model") -> dict[str, Any]:
+    """``model.cascade`` with every default filled in (a config may give some of its keys); unknown keys raise
+    naming their path."""
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{section}.cascade must be a mapping such as {{iou_thresholds: [0.5, 0.6, 0.7]}}, "
+                         f"got {given!r}")
+    defaults = DEFAULT_MODEL_CFG["cascade"]
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"{', '.join(f'{section}.cascade.{key}' for key in unknown)}: unknown key(s) of the cascade "
+                         f"RoI heads; allowed: {sorted(defaults)} (longtail_seg/models/registry.py ROI_HEADS)")
+    return {**copy.deepcopy(defaults), **copy.deepcopy(dict(given))}
+
+
+def check_cascade_cfg(cascade: Mapping[str, Any], section: str = "model") -> None:
+    """One IoU threshold in (0, 1], one loss weight >= 0 and four box-coder weights > 0 per cascade stage."""
+    stage_checks = {
+        "iou_thresholds": ("numbers in (0, 1]", lambda v: is_number(v) and 0 < v <= 1),
+        "stage_loss_weights": ("numbers >= 0", lambda v: is_number(v) and v >= 0),
+        "bbox_reg_weights": ("lists of 4 numbers > 0 (x, y, w, h)", lambda v: isinstance(v, (list, tuple))
+                             and len(v) == 4 and all(is_number(w) and w > 0 for w in v)),
+    }
+    for key, (items, test) in stage_checks.items():
+        value = cascade[key]
+        if not isinstance(value, (list, tuple)) or not value or not all(test(v) for v in value):
+            raise ValueError(f"{section}.cascade.{key} must be a non-empty list of {items}, one per stage; "
+                             f"got {value!r}")
+    stages = len(cascade["iou_thresholds"])
+    for key in ("stage_loss_weights", "bbox_reg_weights"):
+        if len(cascade[key]) != stages:
+            raise ValueError(f"{section}.cascade.{key} has {len(cascade[key])} entries but iou_thresholds has "
+                             f"{stages} stages; give one per stage")

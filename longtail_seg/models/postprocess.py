@@ -56,7 +56,7 @@ def regression_candidates(
     boxes: only the candidates' boxes are decoded (tens of thousands of the 1.2M (RoI, class) pairs at 1203
     classes). Decoding is elementwise per pair, so the boxes are bit for bit those of decoding every pair."""
     rois, labels = candidate_pairs(class_scores, score_thresh)
-    deltas = box_regression.reshape(len(proposals), -1, 4)[rois, labels]
+    deltas = box_regression.reshape(len(proposals), class_scores.shape[1], 4)[rois, labels]  # also with no RoI
     boxes = box_coder.decode_single(deltas, proposals[rois])
     return _valid_candidates(boxes, class_scores, rois, labels, image_shape, min_size)
 

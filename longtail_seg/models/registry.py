@@ -19,12 +19,14 @@ REQUIRED = object()  # a key without a default
 
 @dataclass(frozen=True)
 class Component:
-    """One registered implementation: its ``module:Class`` path, its config keys (key -> default or REQUIRED) and
-    the keys whose value is a list of nested classifier configs (the double classifier's branches)."""
+    """One registered implementation: its ``module:Class`` path, its config keys (key -> default or REQUIRED), the
+    keys whose value is a list of nested classifier configs (the double classifier's branches) and, for RoI heads,
+    the ``model`` key that holds their settings (``section``)."""
 
     target: str
     keys: Mapping[str, Any] = field(default_factory=dict)
     nested_classifiers: tuple[str, ...] = ()
+    section: str | None = None
 
     def load(self) -> type:
         """Import and return the implementing class."""
@@ -52,8 +54,15 @@ CLASSIFIERS: dict[str, Component] = {
                            {"image_counts": None, "num_sampled_classes": 50, "frequency_power": 0.5, "dropout": 0.0}),
 }
 
+CASCADE_KEYS = {"iou_thresholds": [0.5, 0.6, 0.7], "stage_loss_weights": [1.0, 0.5, 0.25],
+                "bbox_reg_weights": [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]]}
+
 ROI_HEADS: dict[str, Component] = {
     "standard": Component("longtail_seg.models.roi_heads:StandardRoIHeads"),
+    # Cascade R-CNN: one box stage per IoU threshold; its keys live under model.cascade (models/config.py checks them)
+    "cascade": Component("longtail_seg.models.cascade_roi_heads:CascadeRoIHeads", CASCADE_KEYS, section="cascade"),
+    # Hybrid Task Cascade: the cascade's stages (model.cascade) with a mask head per stage and mask information flow
+    "htc": Component("longtail_seg.models.htc_roi_heads:HybridTaskCascadeRoIHeads", CASCADE_KEYS, section="cascade"),
 }
 
 

@@ -14,7 +14,8 @@ test-time augmentation use:
 
 ``StandardRoIHeads`` is Mask R-CNN's (torchvision's ``RoIHeads`` behaviour, minus keypoints) with the box
 classifier a separate module (``models/classifiers.py``). Heads are chosen by ``model.roi_heads`` from
-``models/registry.py``; a cascade subclasses this one with one classifier per stage.
+``models/registry.py``; ``CascadeRoIHeads`` (``models/cascade_roi_heads.py``) subclasses this one with one
+classifier per stage.
 """
 
 from __future__ import annotations
@@ -60,8 +61,31 @@ def roi_align_with_fixed_scales(
     return pool
 
 
+def roi_pools(cfg: dict[str, Any]) -> tuple[MultiScaleRoIAlign, MultiScaleRoIAlign]:
+    """The box (7 x 7) and mask (14 x 14) RoIAlign of a resolved model config, scales fixed by its backbone."""
+    levels = list(cfg["roi_feature_levels"])
+    strides = feature_strides(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
+    return (roi_align_with_fixed_scales(levels, 7, cfg["roi_sampling_ratio"], strides),
+            roi_align_with_fixed_scales(levels, 14, cfg["roi_sampling_ratio"], strides))
+
+
+def mask_branch(cfg: dict[str, Any], in_channels: int, num_classes: int) -> tuple[MaskRCNNHeads, MaskRCNNPredictor]:
+    """Mask R-CNN's mask head and per-class mask predictor for a resolved model config."""
+    mask_layers = [cfg["mask_head_channels"]] * cfg["mask_head_layers"]
+    mask_head = MaskRCNNHeads(in_channels, mask_layers, 1)
+    return mask_head, MaskRCNNPredictor(mask_layers[-1], cfg["mask_head_channels"], num_classes + 1)
+
+
+def head_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The RoI heads' keyword settings (sampling, test-time limits) from a resolved model config."""
+    return {"box_head_dim": cfg["box_head_dim"], "batch_size_per_image": cfg["box_batch_size_per_image"],
+            "positive_fraction": cfg["box_positive_fraction"], "score_thresh": cfg["box_score_thresh"],
+            "nms_thresh": cfg["box_nms_thresh"], "detections_per_img": cfg["box_detections_per_img"]}
+
+
 class BoxRegressor(nn.Module):
-    """Class-specific box deltas: torchvision's FastRCNNPredictor ``bbox_pred`` layer, 4*(C+1) outputs."""
+    """Class-specific box deltas: torchvision's FastRCNNPredictor ``bbox_pred`` layer, 4*(C+1) outputs
+    (``num_classes=0``: one class-agnostic box, 4 outputs, as each cascade stage has)."""
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -110,25 +134,34 @@ class RoISampler:
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per image: the sampled proposals, the index of the ground truth each matched, their labels (0 =
         background) and box regression targets."""
+        return self.sample(proposals, targets)[:4]
+
+    def sample(
+        self, proposals: list[torch.Tensor], targets: Targets
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """What ``__call__`` returns plus, per image, which sampled proposals are ground-truth boxes added here (a
+        cascade refines the others for its next stage, which adds the ground truth again)."""
         if any("iscrowd" in t for t in targets):
             pairs = [drop_ignored(p, t, self.matcher.high_threshold) for p, t in zip(proposals, targets)]
             proposals, targets = [p for p, _ in pairs], [t for _, t in pairs]
         dtype, device = proposals[0].dtype, proposals[0].device
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
         gt_labels = [t["labels"] for t in targets]
+        num_proposals = [len(p) for p in proposals]
         proposals = [torch.cat((p, gt)) for p, gt in zip(proposals, gt_boxes)]
         matched_idxs, labels = zip(*(self._match(p, gt, lab) for p, gt, lab in zip(proposals, gt_boxes, gt_labels)))
         positives, negatives = self.fg_bg_sampler(list(labels))
-        sampled_proposals, sampled_matches, sampled_labels, matched_gt_boxes = [], [], [], []
+        sampled_proposals, sampled_matches, sampled_labels, matched_gt_boxes, from_gt = [], [], [], [], []
         for image, (pos, neg) in enumerate(zip(positives, negatives)):
             keep = torch.where(pos | neg)[0]
+            from_gt.append(keep >= num_proposals[image])
             sampled_proposals.append(proposals[image][keep])
             sampled_labels.append(labels[image][keep])
             sampled_matches.append(matched_idxs[image][keep])
             boxes = gt_boxes[image] if gt_boxes[image].numel() else torch.zeros((1, 4), dtype=dtype, device=device)
             matched_gt_boxes.append(boxes[sampled_matches[-1]])
         regression_targets = self.box_coder.encode(matched_gt_boxes, sampled_proposals)
-        return sampled_proposals, sampled_matches, sampled_labels, list(regression_targets)
+        return sampled_proposals, sampled_matches, sampled_labels, list(regression_targets), from_gt
 
     def _match(
         self, proposals: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor
@@ -196,27 +229,15 @@ class StandardRoIHeads(nn.Module):
     def from_config(cls, cfg: dict[str, Any], in_channels: int, num_classes: int) -> StandardRoIHeads:
         """Build from a resolved ``model:`` config for ``num_classes`` foreground classes on ``in_channels``-wide
         FPN maps (modules built in torchvision's order, so a seed gives torchvision's initial weights)."""
-        levels = list(cfg["roi_feature_levels"])
-        strides = feature_strides(cfg["backbone"], tuple(cfg["tiny_stage_channels"]))
-        box_roi_pool = roi_align_with_fixed_scales(levels, 7, cfg["roi_sampling_ratio"], strides)
-        mask_roi_pool = roi_align_with_fixed_scales(levels, 14, cfg["roi_sampling_ratio"], strides)
+        box_roi_pool, mask_roi_pool = roi_pools(cfg)
         box_head = TwoMLPHead(in_channels * 7 * 7, cfg["box_head_dim"])
         box_predictor = BoxPredictor(
             build_classifier(cfg["classifier"], cfg["box_head_dim"], num_classes),
             BoxRegressor(cfg["box_head_dim"], num_classes),
         )
-        mask_layers = [cfg["mask_head_channels"]] * cfg["mask_head_layers"]
-        mask_head = MaskRCNNHeads(in_channels, mask_layers, 1)
-        mask_predictor = MaskRCNNPredictor(mask_layers[-1], cfg["mask_head_channels"], num_classes + 1)
-        return cls(
-            box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor,
-            box_head_dim=cfg["box_head_dim"],
-            batch_size_per_image=cfg["box_batch_size_per_image"],
-            positive_fraction=cfg["box_positive_fraction"],
-            score_thresh=cfg["box_score_thresh"],
-            nms_thresh=cfg["box_nms_thresh"],
-            detections_per_img=cfg["box_detections_per_img"],
-        )
+        mask_head, mask_predictor = mask_branch(cfg, in_channels, num_classes)
+        return cls(box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor,
+                   **head_settings(cfg))
 
     # ------------------------------------------------------------------------------------------ the interface
 
@@ -414,10 +435,12 @@ def predicted_class_mask_probs(
 
 
 def box_regression_loss(box_regression: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """torchvision's Fast R-CNN box loss: smooth-L1 on the positive RoIs' own class, / number of RoIs."""
+    """torchvision's Fast R-CNN box loss: smooth-L1 on the positive RoIs' own class, / number of RoIs. Class-agnostic
+    deltas ([R, 4], a cascade's) regress every positive RoI with their one box."""
     positive = torch.where(labels > 0)[0]
     deltas = box_regression.reshape(box_regression.shape[0], -1, 4)
-    loss = F.smooth_l1_loss(deltas[positive, labels[positive]], targets[positive], beta=1 / 9, reduction="sum")
+    columns = labels[positive] if deltas.shape[1] > 1 else torch.zeros_like(positive)
+    loss = F.smooth_l1_loss(deltas[positive, columns], targets[positive], beta=1 / 9, reduction="sum")
     return loss / labels.numel()
 
 

@@ -55,7 +55,8 @@ def test_classifier_configs_are_checked_with_the_keys_path(cfg, message):
 
 
 def test_unknown_roi_heads_are_rejected_with_the_registered_ones():
-    with pytest.raises(ValueError, match=r"model\.roi_heads: unknown RoI heads 'cascde'; registered: \['standard'\]"):
+    with pytest.raises(ValueError, match=r"model\.roi_heads: unknown RoI heads 'cascde'; registered: "
+                                         r"\['cascade', 'htc', 'standard'\]"):
         build_detector(dict(TEST_MODEL_CFG, roi_heads="cascde"), 3)
 
 

@@ -75,6 +75,18 @@ def test_detect_boxes_and_class_mask_probs_are_the_forward_pass_in_two_steps() -
     assert torch.equal(detections[0]["scores"], whole["scores"]) and sizes_again == list(sizes)
 
 
+@pytest.mark.parametrize("roi_heads", ["standard", "cascade"])
+def test_no_proposal_in_any_image_gives_no_detections(roi_heads: str) -> None:
+    """A collapsed RPN (no proposal left in the batch) yields empty detections, not a crash."""
+    torch.manual_seed(0)
+    model = build_detector(dict(TEST_MODEL_CFG, roi_heads=roi_heads), num_classes=3).eval()
+    features = {"0": torch.rand(2, TEST_MODEL_CFG["fpn_channels"], 16, 16)}
+    with torch.no_grad():
+        detections = model.roi_heads(features, [torch.zeros(0, 4), torch.zeros(0, 4)], [(64, 64), (64, 64)])[0]
+    assert [d["boxes"].shape for d in detections] == [(0, 4), (0, 4)]
+    assert [d["masks"].shape for d in detections] == [(0, 1, 28, 28), (0, 1, 28, 28)]
+
+
 def test_classifier_losses_only_needs_no_masks_and_returns_one_loss() -> None:
     torch.manual_seed(0)
     model = build_detector(TEST_MODEL_CFG, num_classes=3).train()
