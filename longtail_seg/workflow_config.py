@@ -24,12 +24,13 @@ from longtail_seg.models.registry import ROI_HEADS, check_classifier_config
 
 # The keys a model entry of each stage takes (the schema allows their union on every model).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "representation": ("stage", "train"),
+    "representation": ("stage", "train", "classifier"),
     "retrain": ("stage", "from", "classifier", "retrain", "pseudo_labels"),
     "double": ("stage", "branches"),
 }
-# Which stage a model key belongs to, for the error message of a key on the wrong stage.
-KEY_STAGE = {key: stage for stage, keys in STAGE_KEYS.items() for key in keys if key != "stage"}
+# Which stages take a model key, for the error message of a key on the wrong stage.
+KEY_STAGES = {key: [stage for stage, keys in STAGE_KEYS.items() if key in keys]
+              for keys in STAGE_KEYS.values() for key in keys if key != "stage"}
 
 
 # --- unknown keys -------------------------------------------------------------------------------------------------
@@ -184,14 +185,25 @@ def _with_overrides(config: Mapping[str, Any], model: str, section: str) -> dict
     return {**config[section], **config["models"][model].get(section, {})}
 
 
-def model_job_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``model`` section with every default filled in and anchors resolved: representation learning's
-    ``--model-cfg`` (a config that states a default or leaves it out builds the same model, and the same job).
-    Settings of RoI heads the model does not use (``model.cascade`` with standard heads) are left out: they change
-    nothing the job builds, so they rerun no job."""
-    settings = resolve_model_cfg(config["model"], "model")
+def model_job_settings(config: Mapping[str, Any], model: str | None = None) -> dict[str, Any]:
+    """The ``model`` section with every default filled in and anchors resolved, and a representation ``model``'s
+    own ``classifier`` in place of ``model.classifier``: representation learning's ``--model-cfg`` (a config that
+    states a default or leaves it out builds the same model, and the same job). Settings of RoI heads the model
+    does not use (``model.cascade`` with standard heads) are left out: they change nothing the job builds, so they
+    rerun no job."""
+    if model is None or "classifier" not in config["models"][model]:
+        settings = resolve_model_cfg(config["model"], "model")
+    else:
+        settings = resolve_model_cfg({**config["model"], "classifier": config["models"][model]["classifier"]},
+                                     f"models.{model}")
     unused = {heads.section for heads in ROI_HEADS.values()} - {ROI_HEADS[settings["roi_heads"]].section}
     return {key: value for key, value in settings.items() if key not in unused}
+
+
+def representation_classifier(config: Mapping[str, Any], model: str) -> Any:
+    """The box classifier config a representation model trains with: ``models.<model>.classifier``, else
+    ``model.classifier``."""
+    return config["models"][model].get("classifier", config["model"]["classifier"])
 
 
 def uses_pseudo_labels(config: Mapping[str, Any], model: str) -> bool:
@@ -266,6 +278,7 @@ def _check_models(config: Mapping[str, Any]) -> None:
         _check_stage_keys(model, entry)
         stage = entry["stage"]
         if stage == "representation":
+            model_job_settings(config, model)  # its own classifier, if any, checked as models.<model>.classifier
             training_config(config, model, "train")
         elif stage == "retrain":
             _check_retrain_model(config, model)
@@ -282,8 +295,8 @@ def _check_stage_keys(model: str, entry: Mapping[str, Any]) -> None:
                     "retrain": f"training settings go under models.{model}.train"}.get(key, "remove it")
             if stage == "double":
                 hint = "a double model trains nothing: it averages the classifiers of its branches"
-            raise ValueError(f"models.{model}.{key}: only {KEY_STAGE[key]} models take {key!r}, and {model} is a "
-                             f"{stage} model ({hint}); a {stage} model takes {list(STAGE_KEYS[stage])}")
+            raise ValueError(f"models.{model}.{key}: only {' and '.join(KEY_STAGES[key])} models take {key!r}, and "
+                             f"{model} is a {stage} model ({hint}); a {stage} model takes {list(STAGE_KEYS[stage])}")
 
 
 def _check_retrain_model(config: Mapping[str, Any], model: str) -> None:

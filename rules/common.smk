@@ -16,6 +16,7 @@ from longtail_seg.workflow_config import (
     is_multi_scale_test,
     load_schema,
     model_job_settings,
+    representation_classifier,
     test_job_settings,
     training_job_settings,
     training_run_settings,
@@ -212,7 +213,7 @@ def train_extra_args(wildcards):
     """Optional representation-learning arguments: the mosaic settings of a mosaic run, and the category statistics
     of a federated classifier (its training image counts)."""
     args = mosaic_args(training_job_settings(config, wildcards.model, "train"))
-    if needs_image_counts(config["model"]["classifier"]):
+    if needs_image_counts(representation_classifier(config, wildcards.model)):
         args += [
             "--category-stats",
             f"results/{wildcards.dataset}/stats/category_stats.csv",
@@ -223,7 +224,7 @@ def train_extra_args(wildcards):
 def train_category_stats(wildcards):
     """category_stats.csv for a representation model whose classifier needs image counts (federated), else none:
     other models do not rerun when the statistics change."""
-    if needs_image_counts(config["model"]["classifier"]):
+    if needs_image_counts(representation_classifier(config, wildcards.model)):
         return [f"results/{wildcards.dataset}/stats/category_stats.csv"]
     return []
 

@@ -25,7 +25,7 @@ rule train_representation:
         mem_mb=config["compute"]["train_mem_mb"],
         runtime=config["compute"]["train_runtime_min"],
     params:
-        model_cfg=lambda wc: as_json(model_job_settings(config)),
+        model_cfg=lambda wc: as_json(model_job_settings(config, wc.model)),
         train_cfg=lambda wc: as_json(training_job_settings(config, wc.model, "train")),
         # how the job runs (loader workers, logging, checkpoint period), not what it computes: a parameter function
         # of `threads` is one Snakemake does not track, so changing these reruns no job (README: rerun triggers)

@@ -45,10 +45,55 @@ def test_dry_run_builds_the_dag(workflow_copy, extra):
         assert rule in result.stdout
 
 
-@pytest.mark.parametrize("target", ["stats", "table1", "table2", "table3", "controls"])
+@pytest.mark.parametrize("target", ["stats", "table1", "table2", "table3", "controls", "table_methods"])
 def test_named_targets_exist(workflow_copy, target):
     result = _snakemake("-n", target, "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
     assert result.returncode == 0, result.stderr
+
+
+# The methods table (table_methods): model -> (rule that builds it, its classifier type or None for a double model)
+METHODS_MODELS = {
+    "representation": ("train_representation", "softmax"), "rfs_short": ("train_representation", "softmax"),
+    "seesaw": ("train_representation", "seesaw"), "eqlv2": ("train_representation", "eqlv2"),
+    "federated": ("train_representation", "federated"), "crt": ("retrain_classifier", "softmax"),
+    "softmax_rfs": ("retrain_classifier", "softmax"), "bgs": ("retrain_classifier", "bgs"),
+    "bgs_class_aware": ("retrain_classifier", "bgs"), "seesaw_retrain": ("retrain_classifier", "seesaw"),
+    "eqlv2_retrain": ("retrain_classifier", "eqlv2"), "double": ("combine_classifiers", None),
+}
+
+
+def test_methods_table_dag_trains_each_method_once_on_the_shared_representation(shared_workflow_copy):
+    """Every method's job is in the DAG of table_methods, each retraining starts from the one `representation`
+    checkpoint, whose job is the one Table 1 runs; each loss model trains with its own classifier; every row is
+    evaluated under challenge2021 and NorCal reads the statistics."""
+    result = _snakemake("-n", "table_methods", "--configfile", "configs/tiny.yaml", cwd=shared_workflow_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    blocks, commands = _job_blocks(result.stdout), _shell_commands(result.stdout)
+    models = {output.split("/")[3]: block for output, block in blocks.items() if output.endswith("model_final.pth")}
+    assert set(models) == set(METHODS_MODELS)
+    for model, (rule, classifier) in METHODS_MODELS.items():
+        command = commands[_model("tiny", model)]
+        assert f"rule {rule}:" in models[model], model
+        if rule == "train_representation":
+            assert json.loads(_argument(command, "--model-cfg"))["classifier"]["type"] == classifier, model
+            assert ("--category-stats" in command) == (classifier == "federated"), model
+        elif rule == "retrain_classifier":
+            assert json.loads(_argument(command, "--classifier-cfg"))["type"] == classifier, model
+            assert _argument(command, "--checkpoint") == _model("tiny", "representation"), model
+    short = [json.loads(_argument(commands[_model("tiny", m)], "--train-cfg"))
+             for m in ("rfs_short", "seesaw", "eqlv2", "federated")]
+    assert all(cfg == short[0] for cfg in short)  # the loss rows differ from their reference in the loss only
+    table1 = _snakemake("-n", "table1", "--configfile", "configs/tiny.yaml", cwd=shared_workflow_copy)
+    shared = _model("tiny", "representation")
+    assert _shell_commands(table1.stdout)[shared] == commands[shared]
+    table = pd.DataFrame(json.loads(_argument(commands["results/tiny/tables/table_methods.csv"], "--rows")))
+    assert len(table) == 12 and set(table["model"]) == set(METHODS_MODELS) - {"bgs_class_aware"}
+    evaluations = {o: c for o, c in commands.items() if o.startswith("results/tiny/eval/")}
+    assert len(evaluations) == 12
+    assert all(_argument(c, "--protocol") == "challenge2021" for c in evaluations.values())
+    norcal = commands["results/tiny/predictions/representation/methods_norcal.json"]
+    assert json.loads(_argument(norcal, "--test-cfg"))["norcal_gamma"] == 0.6
+    assert _argument(norcal, "--category-stats") == "results/tiny/stats/category_stats.csv"
 
 
 def test_invalid_config_is_rejected_with_the_key(workflow_copy):
@@ -393,3 +438,31 @@ def _job_commands(workflow: Path, override: str) -> dict[str, str]:
     commands = _shell_commands(result.stdout)
     assert len(commands) > 30, result.stdout[-3000:]
     return commands
+
+
+@pytest.mark.slow
+def test_tiny_methods_table_runs_with_the_protocol_columns(workflow_copy):
+    """A real tiny run of table_methods cut to four rows (the shared representation model with and without NorCal,
+    Seesaw retraining on it, and Seesaw representation learning): the table has the challenge2021 columns with the
+    values of each row's metrics.json, and Table 1 then reuses the representation model."""
+    rows = [row for row in yaml.safe_load((workflow_copy / "config.yaml").read_text())["tables"]["table_methods"]
+            if (row["model"], row["test"]) in {("representation", "methods"), ("representation", "methods_norcal"),
+                                               ("seesaw_retrain", "methods"), ("seesaw", "methods")}]
+    assert len(rows) == 4
+    (workflow_copy / "methods.yaml").write_text(yaml.safe_dump({"tables": {"table_methods": rows}}))
+    result = _snakemake("--cores", "2", "table_methods", "--configfile", "configs/tiny.yaml", "methods.yaml",
+                        cwd=workflow_copy)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = workflow_copy / "results" / "tiny"
+    table = pd.read_csv(results / "tables" / "table_methods.csv")
+    assert table["model"].tolist() == [row["label"] for row in rows]
+    groups = ["AP", "APr", "APc", "APf"]
+    assert list(table.columns)[1:17] == [g + s for s in ("", "_fixed", "_boundary", "_fixed_boundary") for g in groups]
+    for index, row in enumerate(rows):
+        metrics = json.loads((results / "eval" / row["model"] / row["test"] / "metrics.json").read_text())
+        for column in ("AP", "AP_fixed", "AP_boundary", "AP_fixed_boundary"):
+            assert table.loc[index, column] == pytest.approx(metrics["segm"][column], abs=0.05), (row, column)
+        assert table.loc[index, "bbox_AP_fixed"] == pytest.approx(metrics["bbox"]["AP_fixed"], abs=0.05)
+    checkpoint = torch.load(results / "models" / "seesaw" / "model_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["model_cfg"]["classifier"]["type"] == "seesaw"
+    assert "representation" not in _models_to_rebuild(workflow_copy, "{}\n")  # Table 1 reuses it

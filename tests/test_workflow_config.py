@@ -181,7 +181,8 @@ CROSS_FIELD = [
     ({"models": {"representation": {"retrain": {"lr": 0.1}}}},
      ["models.representation.retrain", "models.representation.train"]),
     ({"models": {"representation": {"pseudo_labels": True}}}, ["models.representation.pseudo_labels"]),
-    ({"models": {"double": {"classifier": {"type": "softmax"}}}}, ["models.double.classifier", "double model"]),
+    ({"models": {"double": {"classifier": {"type": "softmax"}}}},
+     ["models.double.classifier: only representation and retrain models take 'classifier'", "double model"]),
     ({"models": {"bgs": {"branches": ["bgs_long", "bgs_class_aware"]}}}, ["models.bgs.branches", "retrain model"]),
     ({"models": {"bgs": {"from": "represention"}}}, ["models.bgs.from", "did you mean 'representation'"]),
     ({"models": {"bgs_class_aware": {"from": "bgs"}}}, ["models.bgs_class_aware.from", "representation model"]),
@@ -340,6 +341,29 @@ def test_train_and_model_settings_are_complete_and_resolved():
     assert set(model) == set(DEFAULT_MODEL_CFG) - {"cascade"} and model["anchor_sizes"] == [16, 32, 64, 128]
     cascade = model_job_settings(merged({"model": {"roi_heads": "cascade"}}))  # the heads' own section only if used
     assert set(cascade) == set(DEFAULT_MODEL_CFG) and cascade["cascade"]["iou_thresholds"] == [0.5, 0.6, 0.7]
+
+
+def test_a_representation_model_trains_with_its_own_classifier():
+    """``models.NAME.classifier`` on a representation model replaces ``model.classifier`` in its --model-cfg only; a
+    representation model without one keeps the shared model config (its job, and its cached model, unchanged)."""
+    config = merged({"models": {"sl": {"stage": "representation", "classifier": {"type": "seesaw", "p": 0.5}}}})
+    check_config(config)
+    shared = model_job_settings(config)
+    assert model_job_settings(config, "representation") == shared
+    own = model_job_settings(config, "sl")
+    assert own["classifier"] == {"type": "seesaw", "p": 0.5}
+    assert {k: v for k, v in own.items() if k != "classifier"} == {k: v for k, v in shared.items() if k != "classifier"}
+    assert workflow_config.representation_classifier(config, "sl") == {"type": "seesaw", "p": 0.5}
+    assert workflow_config.representation_classifier(config, "representation") == {"type": "softmax"}
+
+
+@pytest.mark.parametrize("classifier, expected", [
+    ({"type": "seesaw", "pp": 1}, "models.sl.classifier.pp"),
+    ({"type": "seesw"}, "models.sl.classifier.type"),
+])
+def test_a_bad_representation_classifier_names_the_model(classifier, expected):
+    config = merged({"models": {"sl": {"stage": "representation", "classifier": classifier}}})
+    assert expected in _error(config)
 
 
 def test_test_settings_inherit_and_keep_only_their_path_keys():

@@ -1,4 +1,4 @@
-"""Ablation tables (the report's Tables 1-3) assembled from cached metrics.json files."""
+"""Ablation tables (the report's Tables 1-3, the methods table) assembled from cached metrics.json files."""
 
 from __future__ import annotations
 
@@ -10,22 +10,32 @@ import pandas as pd
 from longtail_seg.io_utils import atomic_path, atomic_write_text
 
 TABLE_METRICS = ("AP", "APr", "APc", "APf")
+# The evaluation protocols' metric suffixes (evaluation/protocols.py), in column order: standard AP, AP-fixed,
+# boundary AP, boundary AP-fixed. A table shows a variant's columns when any of its rows has them.
+PROTOCOL_SUFFIXES = ("", "_fixed", "_boundary", "_fixed_boundary")
 
 
 def build_table(rows: Sequence[dict], metrics: Sequence[dict]) -> pd.DataFrame:
-    """One row per ablation step: mask metrics as AP,APr,APc,APf and box metrics as bbox_AP,...; values in percent."""
+    """One row per ablation step: mask metrics as AP,APr,APc,APf and box metrics as bbox_AP,...; values in percent.
+
+    Rows evaluated under another protocol add its variants after the standard ones (mask AP_fixed, ...,
+    AP_boundary, ..., AP_fixed_boundary, ..., then box bbox_AP_fixed, ...); a row without a variant shows nan there.
+    """
     if len(rows) != len(metrics):
         raise ValueError(f"{len(rows)} table rows but {len(metrics)} metrics files")
+    columns = [(iou_type, prefix, name + suffix)
+               for iou_type, prefix in (("segm", ""), ("bbox", "bbox_"))
+               for suffix in PROTOCOL_SUFFIXES
+               if suffix == "" or any(f"AP{suffix}" in metric.get(iou_type, {}) for metric in metrics)
+               for name in TABLE_METRICS]
     records = []
     for row, metric in zip(rows, metrics):
         record = {"model": row["label"]}
-        for iou_type, prefix in (("segm", ""), ("bbox", "bbox_")):
-            values = metric.get(iou_type, {})
-            for name in TABLE_METRICS:
-                value = values.get(name)  # None: the split has no ground truth of that group
-                record[prefix + name] = float("nan") if value is None else round(float(value), 1)
+        for iou_type, prefix, name in columns:
+            value = metric.get(iou_type, {}).get(name)  # None: no ground truth of that group, or not evaluated
+            record[prefix + name] = float("nan") if value is None else round(float(value), 1)
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records, columns=["model", *(prefix + name for _, prefix, name in columns)])
 
 
 def table_to_markdown(table: pd.DataFrame) -> str:

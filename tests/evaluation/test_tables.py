@@ -72,3 +72,49 @@ def test_a_metrics_file_without_metrics_names_the_file(tmp_path):
     message = _make_table_error(tmp_path, '[1, 2]')
     bad = tmp_path / "b" / "metrics.json"
     assert message.startswith(f"make_table: {bad} is not a metrics file of workflow_scripts/evaluate.py"), message
+
+
+def _challenge_metrics(base: float) -> dict:
+    """metrics.json of a challenge2021 evaluation: every variant of masks, standard and fixed of boxes."""
+    groups = {"AP": base, "APr": base - 10, "APc": base + 1, "APf": base + 2, "AP50": 99.0}
+    segm = {name + suffix: value + offset for suffix, offset in
+            (("", 0.0), ("_fixed", 0.5), ("_boundary", -20.0), ("_fixed_boundary", -19.44)) for name, value in
+            groups.items()}
+    bbox = {name + suffix: value + offset for suffix, offset in (("", 3.0), ("_fixed", 3.5))
+            for name, value in groups.items()}
+    return {"segm": segm, "bbox": bbox}
+
+
+def test_protocol_variants_get_their_columns_side_by_side(tmp_path):
+    """A challenge2021 row adds AP-fixed, boundary AP and boundary AP-fixed after the standard mask columns and
+    box AP-fixed after the standard box columns; a standard row in the same table shows nan there."""
+    rows = [{"label": "RFS"}, {"label": "standard only"}]
+    table = build_table(rows, [_challenge_metrics(30.0), _metrics(25.04, 27.0)])
+    groups = ["AP", "APr", "APc", "APf"]
+    assert list(table.columns) == ["model", *groups, *(g + "_fixed" for g in groups),
+                                   *(g + "_boundary" for g in groups), *(g + "_fixed_boundary" for g in groups),
+                                   *("bbox_" + g for g in groups), *("bbox_" + g + "_fixed" for g in groups)]
+    first = table.iloc[0]
+    assert (first["AP"], first["APr"], first["AP_fixed"], first["APf_fixed"]) == (30.0, 20.0, 30.5, 32.5)
+    assert (first["AP_boundary"], first["APc_boundary"], first["AP_fixed_boundary"]) == (10.0, 11.0, 10.6)
+    assert (first["bbox_AP"], first["bbox_APr_fixed"]) == (33.0, 23.5)
+    second = table.iloc[1]
+    assert second["AP"] == 25.0 and math.isnan(second["AP_fixed"]) and math.isnan(second["bbox_AP_fixed"])
+    assert "AP50" not in table.columns and "AP50_fixed" not in table.columns
+
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md")
+    assert pd.read_csv(tmp_path / "t.csv")["AP_fixed_boundary"].tolist()[0] == 10.6
+    markdown = (tmp_path / "t.md").read_text().splitlines()
+    assert markdown[0].startswith("| model | AP | APr | APc | APf | AP_fixed | APr_fixed |")
+    assert markdown[1] == "|---|" + "|".join(["---:"] * 24) + "|"
+    assert markdown[2].startswith("| RFS | 30.0 | 20.0 | 31.0 | 32.0 | 30.5 | 20.5 | 31.5 | 32.5 | 10.0 |")
+
+
+def test_standard_tables_keep_their_columns():
+    """Tables of standard-protocol rows (Tables 1-3) have exactly the mask and box AP columns, as before."""
+    table = build_table([{"label": "a"}], [_metrics(1, 1)])
+    assert list(table.columns) == ["model", "AP", "APr", "APc", "APf", "bbox_AP", "bbox_APr", "bbox_APc", "bbox_APf"]
+
+
+def test_a_table_of_no_rows_has_the_standard_columns():
+    assert list(build_table([], []).columns)[:5] == ["model", "AP", "APr", "APc", "APf"]
