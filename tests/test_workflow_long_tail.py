@@ -4,12 +4,8 @@ the other jobs neither read them nor change."""
 
 from __future__ import annotations
 
+from tests.conftest import copy_workflow
 from tests.test_workflow import _argument, _job_blocks, _shell_commands, _snakemake
-
-try:  # tests/conftest.py holds the workflow-copy helper on main since bf67247; this branch predates the move
-    from tests.conftest import copy_workflow
-except ImportError:
-    from tests.test_workflow import _copy_workflow as copy_workflow
 
 OVERRIDE = """
 model:

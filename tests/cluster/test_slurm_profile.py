@@ -26,8 +26,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO_ROOT
-from tests.test_workflow import _copy_workflow
+from tests.conftest import REPO_ROOT, copy_workflow
 
 pytestmark = pytest.mark.cluster
 
@@ -64,7 +63,7 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def _new_copy(folder: Path) -> Path:
     """A fresh copy of the workflow with the cluster check's config overlay."""
     folder.mkdir()
-    _copy_workflow(folder)
+    copy_workflow(folder)
     shutil.copy(HERE / "tiny_cluster.yaml", folder / "tiny_cluster.yaml")
     return folder
 
