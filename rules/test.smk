@@ -33,7 +33,8 @@ rule infer:
 
 rule evaluate:
     """LVIS evaluation (federated protocol, bbox and segm) of one predictions file, under the test's protocol;
-    also each category's AP and the TIDE error breakdown (read by rules/analysis.smk)."""
+    also each category's AP and the TIDE error breakdown (read by rules/analysis.smk).
+    """
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
