@@ -283,7 +283,8 @@ def main(args: argparse.Namespace) -> dict:
         result = summarise(times, args, dataset, device)
     markdown = report(result)
     print(markdown)
-    name = f"train_throughput_{args.data}_{device.type}_{args.dtype}"
+    threads = f"_{args.threads}thread" if args.threads else ""
+    name = f"train_throughput_{args.data}_{device.type}_{args.dtype}{threads}"
     write_results(name, result, markdown, args.out_dir)
     return result
 
