@@ -33,7 +33,7 @@ rule infer:
 
 rule evaluate:
     """LVIS evaluation (federated protocol, bbox and segm) of one predictions file, under the test's protocol;
-    also each category's AP and the TIDE error breakdown (read by rules/analysis.smk).
+    also each category's AP (read by rules/analysis.smk; the TIDE breakdown is rule tide_errors, table rows only).
     """
     input:
         predictions="results/{dataset}/predictions/{model}/{test}.json",
@@ -42,7 +42,6 @@ rule evaluate:
     output:
         metrics="results/{dataset}/eval/{model}/{test}/metrics.json",
         per_category="results/{dataset}/eval/{model}/{test}/per_category.csv",
-        errors="results/{dataset}/eval/{model}/{test}/errors.json",
     log:
         "logs/{dataset}/evaluate/{model}/{test}.log",
     benchmark:
@@ -55,11 +54,9 @@ rule evaluate:
         dets_per_category=lambda wc: evaluation_job_settings(config, wc.test)[
             "dets_per_category"
         ],
-        confusion_min_score=config["analysis"]["confusion_min_score"],
     shell:
         "python workflow_scripts/evaluate.py --annotations {input.annotations:q}"
         " --predictions {input.predictions:q} --checked {input.check:q}"
         " --protocol {params.protocol:q} --dets-per-category {params.dets_per_category}"
         " --out {output.metrics:q} --out-per-category {output.per_category:q}"
-        " --out-errors {output.errors:q} --confusion-min-score {params.confusion_min_score}"
         " > {log:q} 2>&1"

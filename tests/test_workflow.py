@@ -88,7 +88,8 @@ def test_methods_table_dag_trains_each_method_once_on_the_shared_representation(
     assert _shell_commands(table1.stdout)[shared] == commands[shared]
     table = pd.DataFrame(json.loads(_argument(commands["results/tiny/tables/table_methods.csv"], "--rows")))
     assert len(table) == 12 and set(table["model"]) == set(METHODS_MODELS) - {"bgs_class_aware"}
-    evaluations = {o: c for o, c in commands.items() if o.startswith("results/tiny/eval/")}
+    evaluations = {o: c for o, c in commands.items()
+                   if o.startswith("results/tiny/eval/") and o.endswith("metrics.json")}
     assert len(evaluations) == 12
     assert all(_argument(c, "--protocol") == "challenge2021" for c in evaluations.values())
     norcal = commands["results/tiny/predictions/representation/methods_norcal.json"]
@@ -217,7 +218,7 @@ PARAM_CHANGES = {
     "analysis.top_changes": ("analysis:\n  top_changes: 5\n", {
         f"results/demo/analysis/tables/{t}/category_changes.csv" for t in ("table1", "table2", "table3", "controls")}),
     "analysis.confusion_min_score": ("analysis:\n  confusion_min_score: 0.5\n", {
-        f"results/demo/eval/{row['model']}/{row['test']}/metrics.json"
+        f"results/demo/eval/{row['model']}/{row['test']}/errors.json"
         for table in ("table1", "table2", "table3", "controls") for row in DEMO_TABLES[table]}),
 }
 

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", required=True, help="LVIS-format ground-truth JSON")
     parser.add_argument("--predictions", required=True, help="LVIS results JSON (list of detection dicts)")
-    parser.add_argument("--out", required=True, help="metrics.json to write")
+    parser.add_argument("--out", help="metrics.json to write (needed unless --out-per-category / --out-errors)")
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES),
                         help="IoU types to evaluate (default: bbox segm)")
     parser.add_argument("--max-dets", type=int, default=LVIS_MAX_DETS_PER_IMAGE,
@@ -61,7 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                              "frequent mistakes on rare categories (JSON)")
     parser.add_argument("--confusion-min-score", type=float, default=0.3,
                         help="detections counted in the rare-category confusions have at least this score")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not (args.out or args.out_per_category or args.out_errors):
+        parser.error("nothing to write: give --out (metrics.json), --out-per-category or --out-errors")
+    return args
 
 
 def check_ground_truth(annotations: str, report: str | None, require_masks: bool) -> None:
@@ -97,14 +100,16 @@ def main(args: argparse.Namespace) -> dict:
                                             for iou_type, evaluator in evaluators.items()}, indent=2)
     metrics["num_images"] = len(ground_truth.get_img_ids())
     metrics["num_detections"] = count
-    write_metrics(args.out, metrics)
+    if args.out:
+        write_metrics(args.out, metrics)
     print(format_metrics_table(metrics))
     for iou_type in args.iou_types:
         extra = {key: value for key, value in metrics[iou_type].items() if "_" in key}
         if extra:
             print(iou_type, " ".join(f"{key}={'-' if v is None else f'{v:.2f}'}" for key, v in extra.items()))
     print(f"{metrics['num_detections']} detections on {metrics['num_images']} images, "
-          f"evaluated in {time.perf_counter() - start:.1f}s -> {args.out}")
+          f"evaluated in {time.perf_counter() - start:.1f}s -> "
+          f"{', '.join(p for p in (args.out, args.out_per_category, args.out_errors) if p)}")
     return metrics
 
 
