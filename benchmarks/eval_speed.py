@@ -10,7 +10,7 @@ to score higher. Files are generated with vectorised numpy / pycocotools and cac
 Each evaluator runs in its own subprocess (wall time, and peak RSS from ``getrusage(RUSAGE_CHILDREN)``), bbox and
 segm from one results file:
 - ours: ``workflow_scripts/evaluate.py`` as the evaluate rule runs it (``--checked`` report of the gate, per-category
-  AP and the TIDE error breakdown written too);
+  AP written too; the TIDE breakdown is rule tide_errors, table rows only);
 - hotcoco: ``LVIS(gt)``, ``LVISResults(gt, path)``, ``LVISEval`` bbox and segm (no checks);
 - lvis: the reference ``lvis`` package (0.5.3) on the smaller size only (it takes minutes and GBs at val size).
 
@@ -271,8 +271,7 @@ def evaluator_command(name: str, gt_path: Path, results_path: Path, report_path:
     if name == "ours":
         return [sys.executable, str(REPO_ROOT / "workflow_scripts" / "evaluate.py"), "--annotations", str(gt_path),
                 "--predictions", str(results_path), "--checked", str(report_path), "--out", str(out),
-                "--out-per-category", str(out.with_name(out.stem + "_per_category.csv")),
-                "--out-errors", str(out.with_name(out.stem + "_errors.json"))]
+                "--out-per-category", str(out.with_name(out.stem + "_per_category.csv"))]
     snippet = {"hotcoco": HOTCOCO_SNIPPET, "lvis": LVIS_SNIPPET}[name]
     return [sys.executable, "-c", snippet, str(gt_path), str(results_path)]
 
