@@ -29,19 +29,22 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
-from longtail_seg.models.classifiers import build_classifier
+from longtail_seg.models.mask_iou_head import MaskIoUHead
 from longtail_seg.models.roi_heads import (
     BoxPredictor,
-    BoxRegressor,
+    Features,
+    ImageShapes,
     RoISampler,
+    StageSample,
     StandardRoIHeads,
     Targets,
     box_regression_loss,
+    box_stage,
+    build_mask_iou_head,
     head_settings,
     mask_branch,
     roi_pools,
@@ -74,9 +77,10 @@ class CascadeRoIHeads(StandardRoIHeads):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        mask_iou_head: MaskIoUHead | None = None,
     ) -> None:
         """One box head, predictor (class-agnostic regressor), IoU threshold, loss weight and box-coder weights per
-        stage; the rest as ``StandardRoIHeads``."""
+        stage; the rest as ``StandardRoIHeads`` (the MaskIoU head scores the last stage's masks)."""
         stages = len(iou_thresholds)
         lengths = [len(box_heads), len(box_predictors), len(stage_loss_weights), len(bbox_reg_weights)]
         if stages < 1 or any(length != stages for length in lengths):
@@ -87,7 +91,7 @@ class CascadeRoIHeads(StandardRoIHeads):
             mask_predictor, box_head_dim=box_head_dim, batch_size_per_image=batch_size_per_image,
             positive_fraction=positive_fraction, fg_iou_thresh=iou_thresholds[0], bg_iou_thresh=iou_thresholds[0],
             bbox_reg_weights=tuple(bbox_reg_weights[0]), score_thresh=score_thresh, nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
+            detections_per_img=detections_per_img, mask_iou_head=mask_iou_head,
         )
         self.stage_loss_weights = [float(weight) for weight in stage_loss_weights]
         self.box_coders = [self.box_coder] + [det_utils.BoxCoder(tuple(w)) for w in bbox_reg_weights[1:]]
@@ -105,7 +109,8 @@ class CascadeRoIHeads(StandardRoIHeads):
         box_heads, box_predictors = box_stages(cfg, in_channels, num_classes)
         mask_head, mask_predictor = mask_branch(cfg, in_channels, num_classes)
         return cls(box_roi_pool, box_heads, box_predictors, mask_roi_pool, mask_head, mask_predictor,
-                   **stage_settings(cfg), **head_settings(cfg))
+                   mask_iou_head=build_mask_iou_head(cfg, in_channels, num_classes), **stage_settings(cfg),
+                   **head_settings(cfg))
 
     @property
     def num_stages(self) -> int:
@@ -130,13 +135,8 @@ class CascadeRoIHeads(StandardRoIHeads):
         """The feature width of each stage's classifier."""
         return [self.box_head_dim] * self.num_stages
 
-    def losses(
-        self,
-        features: dict[str, torch.Tensor],
-        proposals: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: Targets | None,
-    ) -> dict[str, torch.Tensor]:
+    def losses(self, features: Features, proposals: list[torch.Tensor], image_shapes: ImageShapes,
+               targets: Targets | None) -> dict[str, torch.Tensor]:
         """Per stage k, loss_classifier_stageK and loss_box_reg_stageK (times the stage's weight) on the RoIs it
         samples, and the mask losses of ``stage_mask_losses``; with ``classifier_losses_only`` the weighted
         classification losses alone."""
@@ -145,13 +145,15 @@ class CascadeRoIHeads(StandardRoIHeads):
         last = self.num_stages - 1
         for stage in range(self.num_stages):
             sampled, matched_idxs, labels, regression_targets, from_gt = self.samplers[stage].sample(proposals, targets)
-            box_features = self.box_head[stage](self.box_roi_pool(features, sampled, image_shapes))
+            classifier_features, regressor_features = self.box_stage_features(self.box_head[stage], features,
+                                                                              sampled, image_shapes)
             classifier, weight = self.box_predictor[stage].classifier, self.stage_loss_weights[stage]
             all_labels = torch.cat(labels, dim=0)
-            losses[f"loss_classifier_stage{stage + 1}"] = weight * classifier.loss(classifier(box_features), all_labels)
+            losses[f"loss_classifier_stage{stage + 1}"] = weight * classifier.loss(classifier(classifier_features),
+                                                                                   all_labels)
             if self.classifier_losses_only and stage == last:
                 break
-            box_regression = self.box_predictor[stage].box_regressor(box_features)
+            box_regression = self.box_predictor[stage].box_regressor(regressor_features)
             refined = self.refine_boxes(stage, box_regression.detach(), sampled, image_shapes)
             proposals = [nonempty(boxes[~gt]) for boxes, gt in zip(refined, from_gt)]
             if not self.classifier_losses_only:
@@ -161,35 +163,26 @@ class CascadeRoIHeads(StandardRoIHeads):
                                                      (sampled, matched_idxs, labels), proposals))
         return losses
 
-    def stage_mask_losses(
-        self,
-        stage: int,
-        features: dict[str, torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: Targets,
-        sample: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]],
-        refined: list[torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
+    def stage_mask_losses(self, stage: int, features: Features, image_shapes: ImageShapes, targets: Targets,
+                          sample: StageSample, refined: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The mask losses after box stage ``stage``, given its ``sample`` (RoIs, matched ground truth, labels) and
         the boxes it ``refined`` (ground truth left out): Cascade R-CNN's one mask head learns on the last stage's
-        positive RoIs (``loss_mask``)."""
+        positive RoIs (``loss_mask``, and ``loss_mask_iou`` with the MaskIoU head)."""
         if not self.has_mask() or stage < self.num_stages - 1:
             return {}
-        sampled, matched_idxs, labels = sample
-        return {"loss_mask": self._mask_loss(features, sampled, image_shapes, targets, labels, matched_idxs)}
+        return self.mask_losses(features, sample, image_shapes, targets)
 
-    def detect_boxes(
-        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-    ) -> Targets:
+    def detect_boxes(self, features: Features, proposals: list[torch.Tensor], image_shapes: ImageShapes) -> Targets:
         """Inference without the mask branch: every stage scores and moves the boxes; scores are the mean of the
         stages' class probabilities, boxes the last stage's; per image dict(boxes, labels, scores)."""
         total_scores = None
         for stage in range(self.num_stages):
-            box_features = self.box_head[stage](self.box_roi_pool(features, proposals, image_shapes))
+            classifier_features, regressor_features = self.box_stage_features(self.box_head[stage], features,
+                                                                              proposals, image_shapes)
             classifier = self.box_predictor[stage].classifier
-            scores = classifier.scores(classifier(box_features))
+            scores = classifier.scores(classifier(classifier_features))
             total_scores = scores if total_scores is None else total_scores + scores
-            box_regression = self.box_predictor[stage].box_regressor(box_features)
+            box_regression = self.box_predictor[stage].box_regressor(regressor_features)
             boxes = self.refine_boxes(stage, box_regression, proposals, image_shapes)
             if stage < self.num_stages - 1:
                 proposals = boxes
@@ -211,14 +204,10 @@ class CascadeRoIHeads(StandardRoIHeads):
 
 
 def box_stages(cfg: dict[str, Any], in_channels: int, num_classes: int) -> tuple[list[nn.Module], list[BoxPredictor]]:
-    """Per stage of ``model.cascade``: a two-fc box head, and a predictor of a ``model.classifier`` classifier and a
-    class-agnostic box regressor."""
-    dim = cfg["box_head_dim"]
-    heads, predictors = [], []
-    for _ in cfg["cascade"]["iou_thresholds"]:
-        heads.append(TwoMLPHead(in_channels * 7 * 7, dim))
-        predictors.append(BoxPredictor(build_classifier(cfg["classifier"], dim, num_classes), BoxRegressor(dim, 0)))
-    return heads, predictors
+    """Per stage of ``model.cascade``: a box head (``model.box_head``), and a predictor of a ``model.classifier``
+    classifier and a class-agnostic box regressor (``roi_heads.box_stage``)."""
+    stages = [box_stage(cfg, in_channels, num_classes, 0) for _ in cfg["cascade"]["iou_thresholds"]]
+    return [head for head, _ in stages], [predictor for _, predictor in stages]
 
 
 def stage_settings(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from longtail_seg.models.registry import ROI_HEADS, check_classifier_config
 BACKBONES = ("tiny", "resnet18", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
 TIMM_BACKBONE = re.compile(r"^timm:[A-Za-z0-9_.]+$")  # any timm model with maps at strides 4-32 (checked at build)
 NORMS = ("bn", "frozen_bn", None)
+BOX_HEADS = ("fc", "double")  # Mask R-CNN's two fc layers | Double-Head R-CNN (models/double_head.py)
 
 # Defaults = the embedded demo model (see shared/demo_targets.md). A real-LVIS config overrides backbone,
 # fpn_channels, RPN/RoI sizes and the internal resize.
@@ -49,6 +50,9 @@ DEFAULT_MODEL_CFG: dict[str, Any] = {
     "box_batch_size_per_image": 32,  # sampled RoIs per image for the box/mask losses
     "box_positive_fraction": 0.25,
     "box_head_dim": 256,  # TwoMLPHead representation size
+    "box_head": "fc",  # fc | double: Double-Head R-CNN's fc head (classifier) + conv head (box regressor)
+    "double_head": {"conv_blocks": 4, "conv_channels": 256},  # box_head: double: bottlenecks after the first block
+    "mask_iou_head": False,  # Mask Scoring R-CNN's MaskIoU head: segm score = class score x predicted mask IoU
     "roi_feature_levels": ["0"],  # FPN maps RoIAlign pools from; ["0","1","2","3"] = torchvision default
     "roi_sampling_ratio": 1,  # RoIAlign samples per bin (torchvision default 2)
     "mask_head_channels": 64,
@@ -85,6 +89,7 @@ MODEL_VALUE_CHECKS: dict[str, tuple[Any, dict[str, Any]]] = {
     "roi_sampling_ratio": (check_int, {"minimum": 0}),
     "mask_head_channels": _POSITIVE_INT,
     "mask_head_layers": _POSITIVE_INT,
+    "mask_iou_head": (check_bool, {}),
     "internal_resize": (check_bool, {}),
     "min_size": _POSITIVE_INT,
     "max_size": _POSITIVE_INT,
@@ -104,7 +109,7 @@ MODEL_LIST_CHECKS: dict[str, tuple[str, Any, int | None]] = {
 
 
 # The nested keys: their own defaults in DEFAULT_MODEL_CFG, merged key by key with what a config gives.
-NESTED_KEYS = ("dcn", "rfp")
+NESTED_KEYS = ("dcn", "rfp", "double_head")
 
 
 def num_feature_levels(backbone: str, tiny_stage_channels: tuple[int, ...] = (48, 96, 192)) -> int:
@@ -154,6 +159,13 @@ def check_model_cfg(cfg: Mapping[str, Any], section: str = "model") -> None:
     check_backbone_options(cfg, section)
     if cfg["norm"] not in NORMS:
         raise ValueError(f"{section}.norm must be one of {list(NORMS)}, got {cfg['norm']!r}")
+    if cfg["box_head"] not in BOX_HEADS:
+        raise ValueError(f"{section}.box_head must be one of {list(BOX_HEADS)}, got {cfg['box_head']!r}")
+    check_int(f"{section}.double_head.conv_blocks", cfg["double_head"]["conv_blocks"], minimum=0)
+    check_int(f"{section}.double_head.conv_channels", cfg["double_head"]["conv_channels"], minimum=4)
+    if cfg["double_head"]["conv_channels"] % 4:
+        raise ValueError(f"{section}.double_head.conv_channels must be a multiple of 4 (its bottlenecks are a "
+                         f"quarter as wide), got {cfg['double_head']['conv_channels']}")
     if cfg["roi_heads"] not in ROI_HEADS:
         raise ValueError(f"{section}.roi_heads: unknown RoI heads {cfg['roi_heads']!r}; registered: "
                          f"{sorted(ROI_HEADS)} (longtail_seg/models/registry.py)")

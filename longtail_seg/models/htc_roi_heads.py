@@ -20,11 +20,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection.roi_heads import maskrcnn_loss
 
 from longtail_seg.models.cascade_roi_heads import CascadeRoIHeads, box_stages, stage_settings
 from longtail_seg.models.roi_heads import (
+    Features,
+    ImageShapes,
+    StageSample,
     Targets,
+    build_mask_iou_head,
     head_settings,
     mask_branch,
     predicted_class_mask_probs,
@@ -57,39 +60,28 @@ class HybridTaskCascadeRoIHeads(CascadeRoIHeads):
         mask_heads, mask_predictors = zip(*(mask_branch(cfg, in_channels, num_classes) for _ in box_heads))
         flows = [nn.Conv2d(cfg["mask_head_channels"], in_channels, 1) for _ in box_heads[1:]]
         return cls(box_roi_pool, box_heads, box_predictors, mask_roi_pool, mask_heads, mask_predictors,
-                   mask_flows=flows, **stage_settings(cfg), **head_settings(cfg))
+                   mask_flows=flows, mask_iou_head=build_mask_iou_head(cfg, in_channels, num_classes),
+                   **stage_settings(cfg), **head_settings(cfg))
 
-    def stage_mask_losses(
-        self,
-        stage: int,
-        features: dict[str, torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: Targets,
-        sample: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]],
-        refined: list[torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
+    def stage_mask_losses(self, stage: int, features: Features, image_shapes: ImageShapes, targets: Targets,
+                          sample: StageSample, refined: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Interleaved execution: stage ``stage``'s mask loss (times its weight, ``loss_mask_stageK``) on the
-        positives of a re-sample, at its IoU threshold, of the boxes it ``refined``."""
+        positives of a re-sample, at its IoU threshold, of the boxes it ``refined`` (and on the last stage, with
+        the MaskIoU head, ``loss_mask_iou``, unweighted)."""
         with torch.no_grad():
             sampled, matched_idxs, labels, _, _ = self.samplers[stage].sample(refined, targets)
-        positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
-        mask_proposals = [boxes[pos] for boxes, pos in zip(sampled, positive)]
-        pooled = self.mask_roi_pool(features, mask_proposals, image_shapes)
-        mask_logits = self.mask_predictor[stage](self.mask_features(pooled, stage)[-1])
-        loss = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
-                             [t["labels"] for t in targets], [m[pos] for m, pos in zip(matched_idxs, positive)])
-        return {f"loss_mask_stage{stage + 1}": self.stage_loss_weights[stage] * loss}
+        losses = self.mask_losses(features, (sampled, matched_idxs, labels), image_shapes, targets, stage,
+                                  last_stage=stage == self.num_stages - 1)
+        losses[f"loss_mask_stage{stage + 1}"] = self.stage_loss_weights[stage] * losses.pop("loss_mask")
+        return losses
 
-    def class_mask_probs(
-        self,
-        features: dict[str, torch.Tensor],
-        boxes: list[torch.Tensor],
-        labels: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> list[torch.Tensor]:
+    def stage_mask_logits(self, pooled: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stage ``stage``'s mask logits, its mask head fed by the chain of the earlier stages' features."""
+        return self.mask_predictor[stage](self.mask_features(pooled, stage)[-1])
+
+    def pooled_class_mask_probs(self, pooled: torch.Tensor, labels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per image, the mean over stages of the M x M mask probabilities [N, 1, M, M] of each box for its own
         label (every stage's mask head fed by the previous stage's features)."""
-        pooled = self.mask_roi_pool(features, boxes, image_shapes)
         stage_features = self.mask_features(pooled, self.num_stages - 1)
         per_stage = [predicted_class_mask_probs(predictor, stage_feature, labels)
                      for predictor, stage_feature in zip(self.mask_predictor, stage_features)]

@@ -30,16 +30,22 @@ from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import maskrcnn_loss
+from torchvision.models.detection.roi_heads import maskrcnn_loss, project_masks_on_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.poolers import initLevelMapper
 
 from longtail_seg.models.backbones import feature_strides
 from longtail_seg.models.classifiers import build_classifier
+from longtail_seg.models.double_head import DoubleHead, split_box_features
+from longtail_seg.models.mask_iou_head import MaskIoUHead, mask_iou_loss, mask_iou_targets, mask_scores
 from longtail_seg.models.postprocess import image_candidates, regression_candidates, top_detections
 
 Targets = list[dict[str, torch.Tensor]]
+Features = dict[str, torch.Tensor]  # FPN maps by level name
+ImageShapes = list[tuple[int, int]]
+# One box stage's sample: per image the sampled RoIs, the ground truth each matched, their labels (0 background).
+StageSample = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
 # Target entries with one row per instance (the rest, e.g. image_id or mosaic_tiles, describe the image).
 PER_INSTANCE_TARGET_KEYS = ("boxes", "labels", "masks", "area", "scores")
 
@@ -76,6 +82,30 @@ def mask_branch(cfg: dict[str, Any], in_channels: int, num_classes: int) -> tupl
     return mask_head, MaskRCNNPredictor(mask_layers[-1], cfg["mask_head_channels"], num_classes + 1)
 
 
+def box_stage(cfg: dict[str, Any], in_channels: int, num_classes: int,
+              regressor_classes: int) -> tuple[nn.Module, BoxPredictor]:
+    """One box stage of a resolved model config: its box head (``model.box_head``: Mask R-CNN's two fc layers, or
+    Double-Head R-CNN's fc + conv heads) and a predictor of a ``model.classifier`` classifier on the fc features and
+    a box regressor (``regressor_classes`` classes, 0 = class-agnostic) on the regression features."""
+    dim = cfg["box_head_dim"]
+    if cfg["box_head"] == "double":
+        double = cfg["double_head"]
+        head: nn.Module = DoubleHead(in_channels, 7, dim, double["conv_channels"], double["conv_blocks"])
+        regression_dim = double["conv_channels"]
+    else:
+        head, regression_dim = TwoMLPHead(in_channels * 7 * 7, dim), dim
+    predictor = BoxPredictor(build_classifier(cfg["classifier"], dim, num_classes),
+                             BoxRegressor(regression_dim, regressor_classes))
+    return head, predictor
+
+
+def build_mask_iou_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> MaskIoUHead | None:
+    """The MaskIoU head (``model.mask_iou_head``) on the 14 x 14 mask RoIs, or None when off."""
+    if not cfg["mask_iou_head"]:
+        return None
+    return MaskIoUHead(in_channels, 14, cfg["mask_head_channels"], cfg["box_head_dim"], num_classes)
+
+
 def head_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The RoI heads' keyword settings (sampling, test-time limits) from a resolved model config."""
     return {"box_head_dim": cfg["box_head_dim"], "batch_size_per_image": cfg["box_batch_size_per_image"],
@@ -104,9 +134,10 @@ class BoxPredictor(nn.Module):
         self.classifier = classifier
         self.box_regressor = box_regressor
 
-    def forward(self, features: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """Classifier logits (opaque) and box deltas for RoI features [R, D]."""
-        return self.classifier(features), self.box_regressor(features)
+    def forward(self, features: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """Classifier logits (opaque) and box deltas for RoI features [R, D] (or a double head's pair)."""
+        classifier_features, regressor_features = split_box_features(features)
+        return self.classifier(classifier_features), self.box_regressor(regressor_features)
 
 
 class RoISampler:
@@ -206,9 +237,10 @@ class StandardRoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        mask_iou_head: MaskIoUHead | None = None,
     ) -> None:
         """The modules and settings of torchvision's ``RoIHeads`` (keypoints excepted); ``box_head_dim`` is the
-        width of ``box_head``'s output, which the classifier takes."""
+        width of ``box_head``'s (classifier) output; ``mask_iou_head`` scores the masks (Mask Scoring R-CNN)."""
         super().__init__()
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
@@ -216,6 +248,7 @@ class StandardRoIHeads(nn.Module):
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
+        self.mask_iou_head = mask_iou_head
         self.box_head_dim = int(box_head_dim)
         self.box_coder = det_utils.BoxCoder(bbox_reg_weights)
         self.sampler = RoISampler(fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction,
@@ -230,14 +263,10 @@ class StandardRoIHeads(nn.Module):
         """Build from a resolved ``model:`` config for ``num_classes`` foreground classes on ``in_channels``-wide
         FPN maps (modules built in torchvision's order, so a seed gives torchvision's initial weights)."""
         box_roi_pool, mask_roi_pool = roi_pools(cfg)
-        box_head = TwoMLPHead(in_channels * 7 * 7, cfg["box_head_dim"])
-        box_predictor = BoxPredictor(
-            build_classifier(cfg["classifier"], cfg["box_head_dim"], num_classes),
-            BoxRegressor(cfg["box_head_dim"], num_classes),
-        )
+        box_head, box_predictor = box_stage(cfg, in_channels, num_classes, num_classes)
         mask_head, mask_predictor = mask_branch(cfg, in_channels, num_classes)
         return cls(box_roi_pool, box_head, box_predictor, mask_roi_pool, mask_head, mask_predictor,
-                   **head_settings(cfg))
+                   mask_iou_head=build_mask_iou_head(cfg, in_channels, num_classes), **head_settings(cfg))
 
     # ------------------------------------------------------------------------------------------ the interface
 
@@ -260,71 +289,76 @@ class StandardRoIHeads(nn.Module):
         return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
 
     def forward(
-        self,
-        features: dict[str, torch.Tensor],
-        proposals: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
+        self, features: Features, proposals: list[torch.Tensor], image_shapes: ImageShapes,
         targets: Targets | None = None,
     ) -> tuple[Targets, dict[str, torch.Tensor]]:
         """Training: ([], losses). Inference: per-image detections dict(boxes, labels, scores, masks) with masks
-        [N, 1, M, M] box-relative probabilities of each detection's class, and no losses."""
+        [N, 1, M, M] box-relative probabilities of each detection's class, plus ``mask_scores`` (class score x
+        predicted mask IoU) with the MaskIoU head, and no losses."""
         if self.training:
             return [], self.losses(features, proposals, image_shapes, targets)
         result = self.detect_boxes(features, proposals, image_shapes)
         if self.has_mask():
             boxes, labels = [r["boxes"] for r in result], [r["labels"] for r in result]
-            for mask_prob, r in zip(self.class_mask_probs(features, boxes, labels, image_shapes), result):
+            pooled = self.mask_roi_pool(features, boxes, image_shapes)
+            mask_probs = self.pooled_class_mask_probs(pooled, labels)
+            for mask_prob, r in zip(mask_probs, result):
                 r["masks"] = mask_prob
+            if self.mask_iou_head is not None:
+                ious = self.mask_iou_head(pooled, torch.cat(mask_probs), torch.cat(labels))
+                for iou, r in zip(ious.split([len(b) for b in boxes]), result):
+                    r["mask_scores"] = mask_scores(r["scores"], iou)
         return result, {}
 
-    def losses(
-        self,
-        features: dict[str, torch.Tensor],
-        proposals: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-        targets: Targets | None,
-    ) -> dict[str, torch.Tensor]:
-        """loss_classifier, loss_box_reg and loss_mask on sampled RoIs (only loss_classifier with
-        ``classifier_losses_only``: decoupled retraining needs no box regression, masks or mask targets)."""
+    def losses(self, features: Features, proposals: list[torch.Tensor], image_shapes: ImageShapes,
+               targets: Targets | None) -> dict[str, torch.Tensor]:
+        """loss_classifier, loss_box_reg and loss_mask (and loss_mask_iou) on sampled RoIs (only loss_classifier
+        with ``classifier_losses_only``: decoupled retraining needs no box regression, masks or mask targets)."""
         self.check_targets(targets)
         proposals, matched_idxs, labels, regression_targets = self.sampler(proposals, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        classifier_features, regressor_features = self.box_stage_features(self.box_head, features, proposals,
+                                                                          image_shapes)
         all_labels = torch.cat(labels, dim=0)
         classifier = self.box_predictor.classifier
+        class_logits = classifier(classifier_features)
         if self.classifier_losses_only:
-            return {"loss_classifier": classifier.loss(classifier(box_features), all_labels)}
-        class_logits, box_regression = self.box_predictor(box_features)
+            return {"loss_classifier": classifier.loss(class_logits, all_labels)}
+        box_regression = self.box_predictor.box_regressor(regressor_features)
         losses = {
             "loss_classifier": classifier.loss(class_logits, all_labels),
             "loss_box_reg": box_regression_loss(box_regression, all_labels, torch.cat(regression_targets, 0)),
         }
         if self.has_mask():
-            losses["loss_mask"] = self._mask_loss(features, proposals, image_shapes, targets, labels, matched_idxs)
+            losses.update(self.mask_losses(features, (proposals, matched_idxs, labels), image_shapes, targets))
         return losses
 
-    def detect_boxes(
-        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-    ) -> Targets:
+    def detect_boxes(self, features: Features, proposals: list[torch.Tensor], image_shapes: ImageShapes) -> Targets:
         """Inference without the mask branch: per image, the detections dict(boxes, labels, scores)."""
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
-        scores = self.box_predictor.classifier.scores(class_logits)
+        classifier_features, regressor_features = self.box_stage_features(self.box_head, features, proposals,
+                                                                          image_shapes)
+        classifier = self.box_predictor.classifier
+        scores = classifier.scores(classifier(classifier_features))
+        box_regression = self.box_predictor.box_regressor(regressor_features)
         return self.postprocess_regression(scores, box_regression, proposals, image_shapes)
 
-    def class_mask_probs(
-        self,
-        features: dict[str, torch.Tensor],
-        boxes: list[torch.Tensor],
-        labels: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> list[torch.Tensor]:
+    def class_mask_probs(self, features: Features, boxes: list[torch.Tensor], labels: list[torch.Tensor],
+                         image_shapes: ImageShapes) -> list[torch.Tensor]:
         """Per image, the M x M mask probabilities [N, 1, M, M] of each box for its own label (box-relative, not
         yet pasted into the image): what multi-scale mask voting averages."""
-        pooled = self.mask_roi_pool(features, boxes, image_shapes)
+        return self.pooled_class_mask_probs(self.mask_roi_pool(features, boxes, image_shapes), labels)
+
+    def pooled_class_mask_probs(self, pooled: torch.Tensor, labels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``class_mask_probs`` from the RoIs' pooled mask features [N, C, S, S] (all images, in order)."""
         mask_features = self.mask_head(pooled.contiguous(memory_format=torch.channels_last))
         return predicted_class_mask_probs(self.mask_predictor, mask_features, labels)
 
     # ------------------------------------------------------------------------------------------------ helpers
+
+    def box_stage_features(self, box_head: nn.Module, features: Features, boxes: list[torch.Tensor],
+                           image_shapes: ImageShapes) -> tuple[torch.Tensor, torch.Tensor]:
+        """One box stage's head on ``boxes``: (classifier features, regressor features), the same tensor for the
+        fc head, the fc and conv heads' for the double head."""
+        return split_box_features(box_head(self.box_roi_pool(features, boxes, image_shapes)))
 
     def check_targets(self, targets: Targets | None) -> None:
         """Every image needs boxes and labels, and masks unless only the classifier trains."""
@@ -338,13 +372,8 @@ class StandardRoIHeads(nn.Module):
             if target["labels"].dtype != torch.int64:
                 raise TypeError(f"target labels must be int64, got {target['labels'].dtype}")
 
-    def postprocess_detections(
-        self,
-        scores: torch.Tensor,
-        pred_boxes: torch.Tensor,
-        proposals: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> Targets:
+    def postprocess_detections(self, scores: torch.Tensor, pred_boxes: torch.Tensor, proposals: list[torch.Tensor],
+                                      image_shapes: ImageShapes) -> Targets:
         """torchvision's postprocess_detections from class probabilities [R, C+1] and decoded per-class boxes
         [R, C+1, 4]: per image, one candidate per (RoI, foreground class) above ``score_thresh``, small boxes
         removed, per-class NMS, the ``detections_per_img`` best.
@@ -352,45 +381,66 @@ class StandardRoIHeads(nn.Module):
         The NMS is exact in float64 and runs on the best candidates first (``models/postprocess.py``): the same
         detections as NMS over every candidate, ties broken by candidate order, at any class count.
         """
-        boxes_per_image = [len(p) for p in proposals]
-        detections = []
-        for class_boxes, class_scores, image_shape in zip(
-            pred_boxes.split(boxes_per_image, 0), scores.split(boxes_per_image, 0), image_shapes
-        ):
-            boxes, image_scores, labels = image_candidates(class_scores, class_boxes, image_shape, self.score_thresh)
-            keep = top_detections(boxes, image_scores, labels, self.nms_thresh, self.detections_per_img)
-            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
-        return detections
+        per_image = zip(scores.split([len(p) for p in proposals], 0),
+                        pred_boxes.split([len(p) for p in proposals], 0), image_shapes)
+        return [self.top_image_detections(*image_candidates(class_scores, class_boxes, image_shape,
+                                                            self.score_thresh))
+                for class_scores, class_boxes, image_shape in per_image]
 
-    def postprocess_regression(
-        self,
-        scores: torch.Tensor,
-        box_regression: torch.Tensor,
-        proposals: list[torch.Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> Targets:
+    def postprocess_regression(self, scores: torch.Tensor, box_regression: torch.Tensor, proposals: list[torch.Tensor],
+                                      image_shapes: ImageShapes) -> Targets:
         """``postprocess_detections`` from the box regression [R, (C+1) * 4] instead of decoded boxes: only the
         (RoI, class) pairs above the score threshold are decoded; the same detections."""
-        boxes_per_image = [len(p) for p in proposals]
-        detections = []
-        for image_regression, class_scores, image_proposals, image_shape in zip(
-            box_regression.split(boxes_per_image, 0), scores.split(boxes_per_image, 0), proposals, image_shapes
-        ):
-            boxes, image_scores, labels = regression_candidates(
-                class_scores, image_regression, image_proposals, self.box_coder, image_shape, self.score_thresh)
-            keep = top_detections(boxes, image_scores, labels, self.nms_thresh, self.detections_per_img)
-            detections.append({"boxes": boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
-        return detections
+        per_image = zip(scores.split([len(p) for p in proposals], 0),
+                        box_regression.split([len(p) for p in proposals], 0), proposals, image_shapes)
+        return [self.top_image_detections(*regression_candidates(class_scores, image_regression, image_proposals,
+                                                                 self.box_coder, image_shape, self.score_thresh))
+                for class_scores, image_regression, image_proposals, image_shape in per_image]
 
-    def _mask_loss(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> torch.Tensor:
-        """torchvision's mask loss on the positive sampled RoIs."""
+    def top_image_detections(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> dict:
+        """One image's detections dict(boxes, labels, scores) from its candidates: per-class NMS, the
+        ``detections_per_img`` best."""
+        keep = top_detections(boxes, scores, labels, self.nms_thresh, self.detections_per_img)
+        return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
+
+    def mask_losses(self, features: Features, sample: StageSample, image_shapes: ImageShapes, targets: Targets,
+                    stage: int = 0, last_stage: bool = True) -> dict[str, torch.Tensor]:
+        """torchvision's mask loss (``loss_mask``) on the positives of a box stage's ``sample``, the mask branch of
+        ``stage`` predicting; on the last stage, with the MaskIoU head, its loss (``loss_mask_iou``)."""
+        sampled, matched_idxs, labels = sample
         positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
-        mask_proposals = [p[pos] for p, pos in zip(proposals, positive)]
+        mask_proposals = [p[pos] for p, pos in zip(sampled, positive)]
         pos_matched_idxs = [m[pos] for m, pos in zip(matched_idxs, positive)]
-        mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+        pooled = self.mask_roi_pool(features, mask_proposals, image_shapes)
+        mask_logits = self.stage_mask_logits(pooled, stage)
         gt_masks = [t["masks"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
-        return maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels, pos_matched_idxs)
+        losses = {"loss_mask": maskrcnn_loss(mask_logits, mask_proposals, gt_masks, gt_labels, pos_matched_idxs)}
+        if self.mask_iou_head is not None and last_stage:
+            losses["loss_mask_iou"] = self.mask_iou_loss(pooled, mask_logits, mask_proposals, gt_masks, gt_labels,
+                                                         pos_matched_idxs)
+        return losses
+
+    def stage_mask_logits(self, pooled: torch.Tensor, stage: int) -> torch.Tensor:
+        """Mask logits [R, C+1, M, M] of stage ``stage``'s mask branch (the one mask head here) on pooled RoIs."""
+        return self.mask_predictor(self.mask_head(pooled))
+
+    def mask_iou_loss(self, pooled: torch.Tensor, mask_logits: torch.Tensor, mask_proposals: list[torch.Tensor],
+                      gt_masks: list[torch.Tensor], gt_labels: list[torch.Tensor],
+                      matched_idxs: list[torch.Tensor]) -> torch.Tensor:
+        """The MaskIoU head's L2 loss on positive RoIs: target = IoU of the binarised predicted mask of the RoI's
+        class with its ground-truth mask cropped to the RoI, both at mask resolution."""
+        labels = torch.cat([image_labels[idxs] for image_labels, idxs in zip(gt_labels, matched_idxs)])
+        size = mask_logits.shape[-1]
+        with torch.no_grad():
+            gt_in_rois = [project_masks_on_boxes(masks, boxes, idxs, size)
+                          for masks, boxes, idxs in zip(gt_masks, mask_proposals, matched_idxs)]
+            gt_in_rois = torch.cat(gt_in_rois) if gt_in_rois else mask_logits.new_zeros((0, size, size))
+        mask_probs = mask_logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
+        with torch.no_grad():
+            targets = mask_iou_targets(mask_probs, gt_in_rois)
+        predicted = self.mask_iou_head(pooled, mask_probs[:, None], labels)
+        return mask_iou_loss(predicted, targets, labels)
 
 
 def drop_ignored(
