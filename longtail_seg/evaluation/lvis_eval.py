@@ -376,8 +376,37 @@ def evaluate_lvis(
         raise ValueError(f"unknown iou types {sorted(unknown)}; choose from {IOU_TYPES}")
     is_path = isinstance(gt_json_path, (str, os.PathLike))
     gt = load_ground_truth(gt_json_path) if is_path else gt_json_path
+    if "segm" in iou_types and has_mask_scores(results):  # a MaskIoU head's: segm ranks by the mask score
+        metrics = {}
+        for iou_type in iou_types:
+            typed = results_with_mask_scores(load_results(results)) if iou_type == "segm" else results
+            detections = load_detections(gt, typed, (iou_type,), int(max_dets), source or _source_name(results))
+            metrics[iou_type] = _evaluate_one(gt, detections.results, iou_type, int(max_dets))
+        return metrics
     detections = load_detections(gt, results, iou_types, int(max_dets), source)
     return evaluate_detections(gt, detections, iou_types, int(max_dets))
+
+
+def has_mask_scores(results: Results) -> bool:
+    """Whether the results carry a ``mask_score`` (a MaskIoU head's segm score), judged by the first result."""
+    if isinstance(results, list):
+        return bool(results) and isinstance(results[0], dict) and "mask_score" in results[0]
+    head = _file_head(str(_existing_file(results)))
+    try:
+        first, _ = json.JSONDecoder().raw_decode(head[1:].lstrip())
+    except ValueError:
+        return False
+    return isinstance(first, dict) and "mask_score" in first
+
+
+def results_with_mask_scores(results: list[dict]) -> list[dict]:
+    """The results with ``score`` replaced by their ``mask_score``: what the segm evaluation ranks by."""
+    return [{**result, "score": result.get("mask_score", result.get("score"))} for result in results]
+
+
+def _source_name(results: Results) -> str:
+    """How error messages name ``results``."""
+    return IN_MEMORY if isinstance(results, list) else str(results)
 
 
 def evaluate_detections(

@@ -163,7 +163,8 @@ def detections_to_lvis_results(
         boxes = output["boxes"].float()
         if masks is not None:
             segmentations = encode_masks(masks, mask_threshold, boxes, indices=order)
-    return result_dicts(image_id, boxes, output["labels"], output["scores"], category_ids_of_labels, segmentations)
+    return result_dicts(image_id, boxes, output["labels"], output["scores"], category_ids_of_labels, segmentations,
+                        output.get("mask_scores"))
 
 
 def result_dicts(
@@ -173,9 +174,12 @@ def result_dicts(
     scores: torch.Tensor,
     category_ids_of_labels: CategoryMap,
     segmentations: list[dict] | None = None,
+    mask_scores: torch.Tensor | None = None,
 ) -> list[dict]:
     """LVIS result dicts from one image's xyxy ``boxes`` [N, 4], ``labels`` and ``scores`` (and RLEs): bbox as
-    xywh rounded to 2 decimals, category ids looked up once per distinct label."""
+    xywh rounded to 2 decimals, category ids looked up once per distinct label. With RLEs and ``mask_scores`` (a
+    MaskIoU head's) each result also holds ``mask_score``, the score its segm evaluation uses (``score`` stays the
+    class score, the bbox evaluation's)."""
     boxes = boxes.detach().cpu().float()
     xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).numpy().astype(np.float64)
     # float32 values times 100 are exact in float64, so numpy's rounding equals Python's round(value, 2)
@@ -185,8 +189,12 @@ def result_dicts(
     if segmentations is None:
         return [{"image_id": image_id, "category_id": category, "bbox": bbox, "score": score}
                 for category, bbox, score in zip(categories, bboxes, scores.detach().cpu().tolist())]
-    return [{"image_id": image_id, "category_id": category, "bbox": bbox, "score": score, "segmentation": rle}
-            for category, bbox, score, rle in zip(categories, bboxes, scores.detach().cpu().tolist(), segmentations)]
+    results = [{"image_id": image_id, "category_id": category, "bbox": bbox, "score": score, "segmentation": rle}
+               for category, bbox, score, rle in zip(categories, bboxes, scores.detach().cpu().tolist(), segmentations)]
+    if mask_scores is not None:
+        for result, mask_score in zip(results, mask_scores.detach().cpu().float().tolist()):
+            result["mask_score"] = mask_score
+    return results
 
 
 def _category_ids(labels: np.ndarray, category_ids_of_labels: CategoryMap) -> list[int]:

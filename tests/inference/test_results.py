@@ -187,3 +187,17 @@ def test_mask_size_check_names_the_first_result_off_its_image_size() -> None:
         check_mask_sizes(transposed, sizes, "preds.json")
     with pytest.raises(ValueError, match=r"result 0 \(image 9\).*None"):
         check_mask_sizes([{"image_id": 9, "segmentation": {"size": [1, 1], "counts": ""}}], sizes, "preds.json")
+
+
+def test_mask_scores_follow_their_detections_into_the_results() -> None:
+    """A MaskIoU head's ``mask_scores`` ride along with each detection, sorted and capped by the class score."""
+    output = pasted_output(20, 40, 50, seed=3)
+    box_relative = dict(output, masks=output.pop("box_masks"), mask_scores=output["scores"] * 0.5)
+    for given, options in ((output | {"mask_scores": box_relative["mask_scores"]}, {}),
+                           (box_relative, {"image_size": (40, 50), "box_relative": True})):
+        results = detections_to_lvis_results(4, given, list(range(1000, 1005)), max_dets=10, **options)
+        order = torch.argsort(output["scores"], descending=True)[:10]
+        assert [r["score"] for r in results] == pytest.approx(output["scores"][order].tolist())
+        assert [r["mask_score"] for r in results] == pytest.approx((output["scores"][order] * 0.5).tolist())
+    without = detections_to_lvis_results(4, output, list(range(1000, 1005)), max_dets=10)
+    assert all("mask_score" not in r for r in without)
