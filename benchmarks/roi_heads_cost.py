@@ -1,7 +1,9 @@
 """Cost of a model option side by side with the plain model: parameters, CPU training step and inference time.
 
 Each variant is the demo model (``config.yaml`` ``model:`` defaults, 192 classes) with some keys changed, by
-default ``standard`` (Mask R-CNN's RoI heads), ``cascade`` (``roi_heads: cascade``) and ``htc``. On the same in-memory
+default ``standard`` (Mask R-CNN's RoI heads), ``cascade`` (``roi_heads: cascade``), ``htc``, ``double_head``
+(``box_head: double``, the demo's 256-wide conv head) and ``mask_iou`` (``mask_iou_head: true``), the last two on the
+standard heads. On the same in-memory
 batch (``--batch-size`` synthetic 128 x 128 images with 3 objects each, as the demo's), every variant does untimed
 warm-up steps and then timed ones: a training step (forward, backward, AdamW step) and an inference pass
 (``Detector.detect``, no pasting). Rounds alternate the variants so background load hits all alike; the result
@@ -23,13 +25,15 @@ from bench_common import machine, markdown_table, write_results
 
 from longtail_seg.models.detector import build_detector
 
-DEFAULT_VARIANTS = {"standard": {}, "cascade": {"roi_heads": "cascade"}, "htc": {"roi_heads": "htc"}}
+DEFAULT_VARIANTS = {"standard": {}, "cascade": {"roi_heads": "cascade"}, "htc": {"roi_heads": "htc"},
+                    "double_head": {"box_head": "double"}, "mask_iou": {"mask_iou_head": True}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                        help="a model variant: its name and model keys as JSON (default: standard, cascade, htc)")
+                        help="a model variant: its name and model keys as JSON (default: standard, cascade, htc, "
+                             "double_head, mask_iou)")
     parser.add_argument("--num-classes", type=int, default=192, help="foreground classes (default 192, the demo)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per step (default 8, the demo's)")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append({"variant": name, **parameter_counts(model), "train_step_s": train_s, "inference_s": infer_s,
                      "train_images_per_s": args.batch_size / train_s,
                      "inference_images_per_s": args.batch_size / infer_s})
+    for row in rows:  # measured side by side in one run: the ratios hold better than the seconds on a loaded machine
+        row["train_vs_first"] = row["train_step_s"] / rows[0]["train_step_s"]
+        row["inference_vs_first"] = row["inference_s"] / rows[0]["inference_s"]
     settings = {key: getattr(args, key) for key in ("num_classes", "batch_size", "size", "steps", "warmup", "rounds")}
     result = {"variants": variants(args.variant), "settings": settings, "rows": rows, "machine": machine()}
     markdown = (f"Median over {args.rounds * args.steps} steps per variant; batch of {args.batch_size} images of "
