@@ -190,13 +190,15 @@ def model_job_settings(config: Mapping[str, Any], model: str | None = None) -> d
     own ``classifier`` in place of ``model.classifier``: representation learning's ``--model-cfg`` (a config that
     states a default or leaves it out builds the same model, and the same job). Settings of RoI heads the model
     does not use (``model.cascade`` with standard heads) are left out: they change nothing the job builds, so they
-    rerun no job."""
+    rerun no job; likewise ``model.double_head`` without ``box_head: double``."""
     if model is None or "classifier" not in config["models"][model]:
         settings = resolve_model_cfg(config["model"], "model")
     else:
         settings = resolve_model_cfg({**config["model"], "classifier": config["models"][model]["classifier"]},
                                      f"models.{model}")
     unused = {heads.section for heads in ROI_HEADS.values()} - {ROI_HEADS[settings["roi_heads"]].section}
+    if settings["box_head"] != "double":
+        unused.add("double_head")
     return {key: value for key, value in settings.items() if key not in unused}
 
 

@@ -338,9 +338,13 @@ def test_train_and_model_settings_are_complete_and_resolved():
     uniform = merged({"models": {"representation": {"train": {"sampler": "uniform"}}}})
     assert training_job_settings(uniform, "representation", "train")["sampler"] == "uniform"
     model = model_job_settings(config)
-    assert set(model) == set(DEFAULT_MODEL_CFG) - {"cascade"} and model["anchor_sizes"] == [16, 32, 64, 128]
+    assert set(model) == set(DEFAULT_MODEL_CFG) - {"cascade", "double_head"}
+    assert model["anchor_sizes"] == [16, 32, 64, 128]
     cascade = model_job_settings(merged({"model": {"roi_heads": "cascade"}}))  # the heads' own section only if used
-    assert set(cascade) == set(DEFAULT_MODEL_CFG) and cascade["cascade"]["iou_thresholds"] == [0.5, 0.6, 0.7]
+    assert set(cascade) == set(DEFAULT_MODEL_CFG) - {"double_head"}
+    assert cascade["cascade"]["iou_thresholds"] == [0.5, 0.6, 0.7]
+    double = model_job_settings(merged({"model": {"box_head": "double"}}))  # double_head only with the double head
+    assert double["double_head"] == {"conv_blocks": 4, "conv_channels": 256}
 
 
 def test_a_representation_model_trains_with_its_own_classifier():

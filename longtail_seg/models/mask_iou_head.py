@@ -8,7 +8,8 @@ two fc layers and one output per class (C + 1, background included): the IoU pre
 Training (positive RoIs of the last stage only): the target is the IoU, at mask resolution (M x M), of the
 predicted mask binarised at 0.5 and the ground-truth mask cropped to the RoI and binarised at 0.5; the loss is the
 mean squared error. The predicted mask enters as a constant (the IoU loss does not train the mask predictor).
-Inference: mask score = classification score x predicted IoU (clamped to [0, 1]).
+Inference: mask score = classification score x predicted IoU (clamped to [0, 1]). With HTC the head learns on the
+last stage's mask and, at inference, scores the mask the detection carries (the mean of the stages').
 """
 
 from __future__ import annotations
