@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -155,3 +156,19 @@ def test_a_detector_on_resized_images_pastes_its_masks_at_the_original_size() ->
             expected += _paste_reference(target["image_id"], dict(output, boxes=boxes), (64, 64), category_of)
     assert len(results) > 30 and results == expected
     assert sum(decode(r["segmentation"]).any() for r in results) > 10
+
+
+def test_a_mask_iou_detector_writes_each_results_mask_score_next_to_its_class_score() -> None:
+    torch.manual_seed(3)
+    model = build_detector(dict(TEST_MODEL_CFG, mask_iou_head=True), num_classes=3).eval()
+    model.roi_heads.detections_per_img = 20
+    dataset = FakeDetectionDataset(num_images=2, size=64)
+    results = predict_dataset(model, dataset, "cpu", batch_size=2, max_dets=20, category_of=lambda label: label)
+    images = [dataset[index][0] for index in range(len(dataset))]
+    with torch.inference_mode():
+        outputs = model.detect(images)
+    expected = [sorted(zip(o["scores"].tolist(), o["mask_scores"].tolist()), key=lambda pair: -pair[0])
+                for o in outputs]
+    assert len(results) == sum(len(o["scores"]) for o in outputs) > 0
+    got = [(r["score"], r["mask_score"]) for r in results]
+    assert got == pytest.approx([pair for image in expected for pair in image])
