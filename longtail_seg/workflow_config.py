@@ -4,11 +4,13 @@
 path with the keys allowed there), then the JSON schema, then ``check_workflow_config`` (the names that refer to other
 entries, and every section and per-model override built with the code's own config classes). The job-settings
 helpers give each rule's parameters only the keys its job reads, so a change reruns exactly the jobs it affects.
-Torch-free: building the DAG never imports torch.
+``load_configfiles`` merges config.yaml and ``--configfile`` overrides as Snakemake does, for code that reads the
+config outside Snakemake (tests, benchmarks). Torch-free: building the DAG never imports torch.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -31,6 +33,26 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 # Which stages take a model key, for the error message of a key on the wrong stage.
 KEY_STAGES = {key: [stage for stage, keys in STAGE_KEYS.items() if key in keys]
               for keys in STAGE_KEYS.values() for key in keys if key != "stage"}
+
+
+# --- config files -------------------------------------------------------------------------------------------------
+
+
+def merge_configs(*configs: Mapping[str, Any]) -> dict[str, Any]:
+    """``configs`` merged in order as Snakemake merges ``configfile:`` and each ``--configfile`` (with its own
+    ``snakemake.utils.update_config``): nested mappings key by key, anything else (a list too) replaced whole. The
+    inputs are left unchanged."""
+    from snakemake.utils import update_config
+
+    merged: dict[str, Any] = {}
+    for config in configs:
+        update_config(merged, copy.deepcopy(dict(config)))
+    return merged
+
+
+def load_configfiles(*paths: str | Path) -> dict[str, Any]:
+    """The YAML files merged in order (``merge_configs``): config.yaml, then each ``--configfile``."""
+    return merge_configs(*(yaml.safe_load(Path(path).read_text()) for path in paths))
 
 
 # --- unknown keys -------------------------------------------------------------------------------------------------

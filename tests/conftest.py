@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from longtail_seg.cli import load_workflow_script  # noqa: F401 (the tests import it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,15 +41,6 @@ def workflow_copy(tmp_path: Path) -> Path:
 def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One copy per test module for dry runs, which write nothing but Snakemake's own metadata."""
     return copy_workflow(tmp_path_factory.mktemp("workflow"))
-
-
-def load_workflow_script(name: str) -> ModuleType:
-    """Import workflow_scripts/NAME.py as a module, to call its parse_args/main in-process."""
-    path = REPO_ROOT / "workflow_scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_lvis(path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:

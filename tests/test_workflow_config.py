@@ -36,7 +36,9 @@ from longtail_seg.workflow_config import (
     config_error_message,
     is_multi_scale_test,
     key_path,
+    load_configfiles,
     load_schema,
+    merge_configs,
     model_job_settings,
     training_job_settings,
 )
@@ -48,19 +50,8 @@ DEFS = SCHEMA["$defs"]
 
 
 def merged(*overrides: dict[str, Any]) -> dict[str, Any]:
-    """config.yaml with ``overrides`` merged in as Snakemake merges --configfile (nested mappings key by key)."""
-    config = copy.deepcopy(BASE)
-    for override in overrides:
-        _merge_into(config, copy.deepcopy(override))
-    return config
-
-
-def _merge_into(target: dict[str, Any], override: dict[str, Any]) -> None:
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
-        else:
-            target[key] = value
+    """config.yaml with ``overrides`` merged in as Snakemake merges --configfile (``merge_configs``)."""
+    return merge_configs(BASE, *overrides)
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -96,6 +87,56 @@ def test_importing_the_checks_does_not_import_torch():
     code = "import sys, longtail_seg.workflow_config; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- config files merged as Snakemake merges --configfile -----------------------------------------------------------
+
+BASE_FILE = {"train": {"lr": 0.02, "steps": [8, 11], "amp": {"enabled": False, "dtype": "bf16"}},
+             "tests": {"single_scale": {"min_size": 800}}, "dataset": "demo"}
+OVERRIDE_FILE = {"train": {"steps": [3], "amp": {"enabled": True}}, "tests": {"multi_scale": {"min_size": 600}},
+                 "dataset": "lvis_v1"}
+MERGED_FILES = {"train": {"lr": 0.02, "steps": [3], "amp": {"enabled": True, "dtype": "bf16"}},
+                "tests": {"single_scale": {"min_size": 800}, "multi_scale": {"min_size": 600}},
+                "dataset": "lvis_v1"}
+
+
+def test_merge_configs_merges_mappings_key_by_key_and_replaces_lists_and_scalars():
+    assert merge_configs(BASE_FILE, OVERRIDE_FILE) == MERGED_FILES
+
+
+def test_merge_configs_leaves_its_inputs_unchanged_and_shares_nothing_with_them():
+    base, override = copy.deepcopy(BASE_FILE), copy.deepcopy(OVERRIDE_FILE)
+    result = merge_configs(base, override)
+    result["train"]["steps"].append(99)
+    result["tests"]["single_scale"]["min_size"] = 1
+    assert (base, override) == (BASE_FILE, OVERRIDE_FILE)
+
+
+def test_merge_configs_later_files_win_and_none_gives_an_empty_config():
+    assert merge_configs() == {}
+    assert merge_configs({"a": {"b": 1}}, {"a": {"b": 2}}, {"a": {"b": 3, "c": 4}}) == {"a": {"b": 3, "c": 4}}
+    assert merge_configs({"a": 1}, {"a": {"b": 2}}) == {"a": {"b": 2}}  # a mapping replaces a scalar
+    assert merge_configs({"a": {"b": 2}}, {"a": [1]}) == {"a": [1]}  # and a list replaces a mapping
+
+
+def test_load_configfiles_gives_what_snakemake_gives_for_configfile_then_two_configfiles(tmp_path):
+    """Parity with Snakemake itself: a workflow with ``configfile:`` run with ``--configfile A B`` dumps the config it
+    sees; ``load_configfiles`` of the three files must equal it."""
+    second = {"train": {"amp": {"dtype": "fp16"}}, "extra": [1, 2]}
+    files = [tmp_path / name for name in ("base.yaml", "override.yaml", "second.yaml")]
+    for path, content in zip(files, (BASE_FILE, OVERRIDE_FILE, second)):
+        path.write_text(yaml.safe_dump(content))
+    (tmp_path / "Snakefile").write_text(
+        'import json\n\nconfigfile: "base.yaml"\n\n'
+        'with open("seen.json", "w") as seen:\n    json.dump(config, seen)\n\n'
+        "rule all:\n    input: []\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+                             *map(str, files[1:])], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = yaml.safe_load((tmp_path / "seen.json").read_text())
+    assert seen == load_configfiles(*files)
+    assert seen["train"] == {"lr": 0.02, "steps": [3], "amp": {"enabled": True, "dtype": "fp16"}}
 
 
 # --- a typo anywhere: its full path and the keys allowed there ------------------------------------------------------
