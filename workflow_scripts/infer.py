@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from longtail_seg.cli import parse_json_object
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.results import write_results
 from longtail_seg.inference.run import predict_annotation_file
-from longtail_seg.runtime import resolve_device
+from longtail_seg.runtime import resolve_device, set_torch_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     try:
         cfg = TestConfig.from_dict(parse_json_object(args.test_cfg, "--test-cfg"))
     except ValueError as error:

@@ -16,8 +16,6 @@ import argparse
 import logging
 import time
 
-import torch
-
 from longtail_seg.augment.pipeline import build_training_data
 from longtail_seg.cli import add_training_run_arguments, finish_training_run, parse_json_object, training_config
 from longtail_seg.data.dataset import collate_detection
@@ -27,7 +25,7 @@ from longtail_seg.engine.train import train
 from longtail_seg.models.category_counts import fill_image_counts
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.detector import build_detector
-from longtail_seg.runtime import init_distributed_mode, seed_everything
+from longtail_seg.runtime import init_distributed_mode, seed_everything, set_torch_threads
 from longtail_seg.sampling import build_sampler
 
 
@@ -49,8 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     model_cfg = resolve_model_cfg(parse_json_object(args.model_cfg, "--model-cfg"))
     train_cfg = training_config(TrainConfig, args.train_cfg, args.run_cfg)
     rank, world_size, device = init_distributed_mode(args.device)
