@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from longtail_seg.cli import parse_json_object
+from longtail_seg.cli import parse_json_object, script_parser
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.results import write_results
 from longtail_seg.inference.run import predict_annotation_file
@@ -19,7 +19,7 @@ from longtail_seg.runtime import resolve_device, set_torch_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="model_final.pth written by training")
     parser.add_argument("--annotations", required=True, help="LVIS-format JSON of the split to predict")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")

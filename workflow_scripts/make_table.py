@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from longtail_seg.cli import script_parser
 from longtail_seg.evaluation.tables import build_table, table_to_markdown, write_table
 from longtail_seg.io_utils import load_json_file
 
@@ -15,7 +16,7 @@ REWRITE_METRICS = ("delete it and rerun the `evaluate` job that writes it (`snak
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = script_parser(__doc__)
     parser.add_argument("--rows", required=True, help='JSON list of rows: [{"label": ..., "model": ..., "test": ...}]')
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json per row, in row order")
     parser.add_argument("--out-csv", required=True)

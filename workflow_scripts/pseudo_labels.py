@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from longtail_seg.cli import parse_json_object
+from longtail_seg.cli import parse_json_object, script_parser
 from longtail_seg.data.lvis_io import DatasetError, load_json, load_lvis
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.run import predict_annotation_file
@@ -32,7 +32,7 @@ from longtail_seg.runtime import resolve_device, set_torch_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", help="model_final.pth of the teacher (the best retrained model)")
     source.add_argument("--predictions", help="LVIS results JSON of the teacher on the unlabeled images")

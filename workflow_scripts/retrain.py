@@ -25,7 +25,13 @@ import time
 from pathlib import Path
 
 from longtail_seg.augment.pipeline import build_training_data
-from longtail_seg.cli import add_training_run_arguments, finish_training_run, parse_json_object, training_config
+from longtail_seg.cli import (
+    add_training_run_arguments,
+    finish_training_run,
+    parse_json_object,
+    script_parser,
+    training_config,
+)
 from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import RetrainConfig
@@ -43,7 +49,7 @@ IMAGE_REPEAT_FACTORS = "image_repeat_factors.csv"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="representation-learning model_final.pth")
     parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")

@@ -17,7 +17,13 @@ import logging
 import time
 
 from longtail_seg.augment.pipeline import build_training_data
-from longtail_seg.cli import add_training_run_arguments, finish_training_run, parse_json_object, training_config
+from longtail_seg.cli import (
+    add_training_run_arguments,
+    finish_training_run,
+    parse_json_object,
+    script_parser,
+    training_config,
+)
 from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import TrainConfig
@@ -30,7 +36,7 @@ from longtail_seg.sampling import build_sampler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--repeat-factors", help="image_repeat_factors.csv (needed for sampler: repeat_factor)")
