@@ -1,3 +1,4 @@
+import functools
 import json
 import re
 import sys
@@ -82,23 +83,26 @@ def replicate_folder(dataset, seed):
     return dataset if is_configured_run(config, seed) else f"{dataset}/seed{seed}"
 
 
-_replicate_configs = {}
-
-
 def run_config(dataset):
     """The config the jobs of an output folder run with: the configured one, or a replicate's (its seeds)."""
     match = re.fullmatch(r"[^/]+/seed([0-9]+)", dataset)
-    if match is None:
-        return config
-    seed = int(match.group(1))
-    if seed not in _replicate_configs:
-        _replicate_configs[seed] = replicate_config(config, seed)
-    return _replicate_configs[seed]
+    return config if match is None else seed_config(int(match.group(1)))
+
+
+@functools.cache
+def seed_config(seed):
+    """The config of replicate `seed` (built once per seed: rule parameters ask for it job by job)."""
+    return replicate_config(config, seed)
+
+
+def stats_path(dataset, name):
+    """A file of the dataset statistics (results/NAME/stats/): one for the dataset and its seed replicates."""
+    return f"results/{base_dataset(dataset)}/stats/{name}"
 
 
 def stats_file(name):
-    """Input function: a file of the dataset statistics (results/NAME/stats/), shared by the seed replicates."""
-    return lambda wc: f"results/{base_dataset(wc.dataset)}/stats/{name}"
+    """Input function: `stats_path` of the job's dataset."""
+    return lambda wc: stats_path(wc.dataset, name)
 
 
 def dataset_config(dataset):
@@ -255,7 +259,10 @@ def train_extra_args(wildcards):
     of a federated classifier (its training image counts)."""
     args = mosaic_args(training_job_settings(config, wildcards.model, "train"))
     if needs_image_counts(representation_classifier(config, wildcards.model)):
-        args += ["--category-stats", stats_file("category_stats.csv")(wildcards)]
+        args += [
+            "--category-stats",
+            stats_path(wildcards.dataset, "category_stats.csv"),
+        ]
     return args
 
 
@@ -263,14 +270,14 @@ def train_category_stats(wildcards):
     """category_stats.csv for a representation model whose classifier needs image counts (federated), else none:
     other models do not rerun when the statistics change."""
     if needs_image_counts(representation_classifier(config, wildcards.model)):
-        return [stats_file("category_stats.csv")(wildcards)]
+        return [stats_path(wildcards.dataset, "category_stats.csv")]
     return []
 
 
 def norcal_category_stats(wildcards):
     """category_stats.csv for a test with NorCal calibration (its training instance counts), else none."""
     if test_job_settings(config, wildcards.test).get("norcal_gamma") is not None:
-        return [stats_file("category_stats.csv")(wildcards)]
+        return [stats_path(wildcards.dataset, "category_stats.csv")]
     return []
 
 
@@ -352,8 +359,8 @@ def analysis_targets(dataset, table):
 
 def all_targets():
     """Default target: the default_tables of the configured dataset with their analysis (rules/analysis.smk), the
-    seed replicates of replicate_tables (when `replicates` is set), the mosaic sample grid, and (synthetic data with pseudo-label models) the pseudo-label precision against the hidden
-    ground truth.
+    seed replicates of replicate_tables (when `replicates` is set), the mosaic sample grid, and (synthetic data with
+    pseudo-label models) the pseudo-label precision against the hidden ground truth.
     """
     targets = [
         f"results/{DATASET}/tables/{table}.{ext}"
