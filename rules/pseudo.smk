@@ -8,7 +8,7 @@ rule pseudo_labels:
         unlabeled=lambda wc: annotation_file(wc.dataset, "unlabeled"),
         images=lambda wc: image_root(wc.dataset),
         train=lambda wc: annotation_file(wc.dataset, "train"),
-        categories="results/{dataset}/stats/category_stats.csv",
+        categories=stats_file("category_stats.csv"),
     output:
         pseudo="results/{dataset}/pseudo/pseudo_labels.json",
         summary="results/{dataset}/pseudo/summary.json",

@@ -237,6 +237,7 @@ CROSS_FIELD = [
     ({"pseudo_labels": {"teacher": "pseudo_double"}}, ["pseudo_labels.teacher", "bgs_pseudo", "cycle"]),
     ({"pseudo_labels": {"teacher": "bgs_class_aware_pseudo"}}, ["pseudo_labels.teacher", "cycle"]),
     ({"pseudo_labels": {"test": "single"}}, ["pseudo_labels.test", "did you mean 'single_scale'"]),
+    ({"replicate_tables": ["table1", "tabel2"]}, ["replicate_tables names ['tabel2']", "not keys of 'tables'"]),
 ]
 
 
@@ -546,3 +547,33 @@ def test_the_bound_cases_cover_every_numeric_key():
     assert {k for d, k, _ in BOUNDED if d == "test_settings"} >= {"min_size", "max_dets", "merge_iou"}
     assert {k for d, k, _ in BOUNDED if d == "model_settings"} >= {"fpn_channels", "box_nms_thresh",
                                                                    "trainable_backbone_layers"}
+
+
+def test_a_replicate_sets_every_training_seed_and_nothing_else():
+    """Seed 3: train.seed, retrain.seed and a model's own seed become 3; the data's seed and all else stay."""
+    config = merged({"models": {"bgs": {"retrain": {"seed": 7}}, "rfs_short": {"train": {"seed": 5}}}})
+    replicate = workflow_config.replicate_config(config, 3)
+    assert replicate["train"]["seed"] == replicate["retrain"]["seed"] == 3
+    assert replicate["models"]["bgs"]["retrain"] == {"sampler": "repeat_factor", "seed": 3}
+    assert replicate["models"]["rfs_short"]["train"]["seed"] == 3
+    assert "seed" not in replicate["models"]["bgs_class_aware"]["retrain"]  # inherits retrain.seed = 3
+    assert workflow_config.training_job_settings(replicate, "bgs_class_aware", "retrain")["seed"] == 3
+    assert replicate["datasets"]["demo"]["synthetic"]["seed"] == 0
+    for section in ("train", "retrain"):
+        replicate[section]["seed"] = config[section]["seed"]
+    replicate["models"]["bgs"]["retrain"]["seed"], replicate["models"]["rfs_short"]["train"]["seed"] = 7, 5
+    assert replicate == config
+    assert config["train"]["seed"] == 0 and config["models"]["bgs"]["retrain"]["seed"] == 7  # not changed in place
+
+
+def test_only_the_seed_of_every_configured_seed_is_the_configured_run():
+    config = merged({})
+    assert workflow_config.is_configured_run(config, 0)
+    assert not workflow_config.is_configured_run(config, 1)
+    mixed = merged({"retrain": {"seed": 1}})  # train 0, retrain 1: no single seed gives both
+    assert not any(workflow_config.is_configured_run(mixed, seed) for seed in (0, 1))
+
+
+def test_replicates_are_off_by_default_and_replicate_table1():
+    assert workflow_config.replicate_seeds(BASE) == []
+    assert workflow_config.replicate_tables(BASE) == ["table1"]
