@@ -5,7 +5,12 @@
 configfile: "config.yaml"
 
 
+# `snakemake --report report.html` after a run: the outputs marked report() (rules/report.smk), this text on top.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
+include: "rules/report.smk"
 include: "rules/data.smk"
 include: "rules/stats.smk"
 include: "rules/augment.smk"

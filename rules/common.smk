@@ -322,8 +322,8 @@ def all_targets():
         for table in config["default_tables"]
         for ext in ("csv", "md")
     ]
-    for table in config["default_tables"]:  # rules/analysis.smk
-        targets += analysis_targets(DATASET, table)
+    for table in config["default_tables"]:  # rules/analysis.smk, rules/report.smk
+        targets += analysis_targets(DATASET, table) + report_targets(DATASET, table)
     targets.append(f"results/{DATASET}/figures/mosaic_samples.png")
     if any_model_uses_pseudo_labels() and is_synthetic(DATASET):
         targets.append(f"results/{DATASET}/pseudo/precision.json")
