@@ -10,7 +10,6 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/report.smk"
 include: "rules/data.smk"
 include: "rules/stats.smk"
 include: "rules/augment.smk"
@@ -19,6 +18,7 @@ include: "rules/pseudo.smk"
 include: "rules/test.smk"
 include: "rules/analysis.smk"
 include: "rules/tables.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from longtail_seg.io_utils import atomic_path  # noqa: E402
 
@@ -116,6 +116,7 @@ def _draw_step_changes(ax: plt.Axes, rows: pd.DataFrame, step: str, top: int, io
     ax.set_xlabel(f"{iou_name} change (points)")
     if shown.empty:
         ax.set_yticks([])
+        ax.set_xticks([])  # an axis of 0..1 with no bar reads as a scale
         ax.text(0.5, 0.5, "no category changed", transform=ax.transAxes, ha="center", va="center")
         return
     positions = list(range(len(shown)))[::-1]
@@ -207,14 +208,16 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | os.PathLike, title: 
     lr_ax.set_xlabel("iteration")
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_title("learning rate schedule", fontsize=10)
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    lr_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))  # 0.0002, not an offset 1e-3
     for ax in (loss_ax, lr_ax):
         ax.grid(alpha=0.3)
-    if losses and not metrics.empty:
-        loss_ax.legend(fontsize=8, loc="upper right")
-    fig.suptitle(title, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     drawn = _drawn_series([loss_ax, lr_ax])
-    _save_figure(fig, path)
+    fig.suptitle(title, fontsize=10)
+    if losses and not metrics.empty:  # under the panels: inside, it hides the curves' start
+        handles, labels = loss_ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    _save_figure(fig, path, rect=(0, 0.07, 1, 1))
     return drawn
 
 

@@ -28,6 +28,8 @@ def table_page(table: pd.DataFrame, title: str, note: str = "", decimals: int = 
     body = table.to_html(index=False, na_rep="-", float_format=lambda value: f"{value:.{decimals}f}", border=0,
                          escape=True)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
+    if table.empty:  # a header alone reads as a rendering fault
+        body += '\n<p class="note">This table has no rows.</p>'
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{PAGE_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>{note_html}\n{body}\n"
             "</body></html>\n")

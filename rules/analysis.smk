@@ -13,7 +13,7 @@ rule category_ap:
             "results/{dataset}/analysis/{model}/{test}/category_ap.csv",
             caption="../report/category_ap.rst",
             category=REPORT_CATEGORY_AP,
-            labels={"model": "{model}", "test": "{test}", "view": "CSV"},
+            labels={"model": "{model}", "test": "{test}", "view": "raw CSV"},
         ),
         png=report(
             "results/{dataset}/analysis/{model}/{test}/category_ap.png",

@@ -7,7 +7,7 @@ rule ablation_table:
             "results/{dataset}/tables/{table}.csv",
             caption="../report/table_csv.rst",
             category=REPORT_TABLES,
-            labels={"table": "{table}", "view": "CSV"},
+            labels={"table": "{table}", "view": "raw CSV"},
         ),
         md="results/{dataset}/tables/{table}.md",
     log:

@@ -48,3 +48,9 @@ def test_write_table_page_round_trips_the_csv(tmp_path):
     written = write_table_page(tmp_path / "t.csv", tmp_path / "t.html", "t", decimals=2)
     pd.testing.assert_frame_equal(written, table)
     assert _cells((tmp_path / "t.html").read_text()) == [["a", "1.25"], ["b", "2.50"]]
+
+
+def test_an_empty_table_says_it_has_no_rows():
+    page = table_page(pd.DataFrame(columns=["model", "count"]), "confusions")
+    assert _cells(page) == [] and "This table has no rows." in page
+    assert "no rows" not in table_page(pd.DataFrame({"model": ["a"], "count": [1]}), "confusions")
