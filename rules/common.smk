@@ -323,6 +323,78 @@ def any_model_uses_pseudo_labels():
     return any(uses_pseudo_labels(config, name) for name in config["models"])
 
 
+# --- the workflow report (rules/report.smk) ---
+
+REPORT_TABLES = "Ablation tables"
+REPORT_ANALYSIS = "Analysis per table"
+REPORT_CATEGORY_AP = "Per-category AP"
+REPORT_TRAINING = "Training curves"
+REPORT_DATASET = "Dataset"
+REPORT_PSEUDO = "Pseudo labels"
+# An output shown two ways (a table's page and its CSV, a figure and its CSV) carries a label "view"; the report
+# makes it a toggle that opens on the alphabetically first value, so the CSV is "raw CSV" (after "figure", "page").
+
+# The analysis CSVs of a table shown as pages: name -> (heading, note, decimals).
+ANALYSIS_PAGES = {
+    "errors": (
+        "TIDE error breakdown of the mask AP at IoU 0.5",
+        "AP50: the row's mask AP at IoU 0.5; dAP_TYPE: the AP50 points fixing every error of that type would add;"
+        " count_TYPE: how many errors of that type.",
+        2,
+    ),
+    "confusions": (
+        "Most frequent mistakes on rare categories",
+        "Per row, rare-category objects detected as another category (predicted_name, its LVIS group"
+        " predicted_frequency), with how often.",
+        0,
+    ),
+}
+
+
+def training_stage_name(model):
+    """The report's subcategory of a trained model's curves: its training stage in words."""
+    stage = config["models"][model]["stage"]
+    return (
+        "representation learning"
+        if stage == "representation"
+        else "classifier retraining"
+    )
+
+
+def trained_models(table):
+    """The models a table's rows rest on that ran a training job (representation learning or classifier
+    retraining): the rows' models, the branches of double classifiers, the models retraining starts from and the
+    pseudo-label teacher, in first-seen order."""
+    seen, pending = [], [row["model"] for row in table_rows(table)]
+    while pending:
+        model = pending.pop(0)
+        if model in seen:
+            continue
+        seen.append(model)
+        settings = config["models"][model]
+        pending += settings.get("branches", [])
+        pending += [settings["from"]] if "from" in settings else []
+        if uses_pseudo_labels(config, model):
+            pending.append(config["pseudo_labels"]["teacher"])
+    return [
+        m for m in seen if config["models"][m]["stage"] in ("representation", "retrain")
+    ]
+
+
+def report_targets(dataset, table):
+    """What the report shows of a table beyond its analysis: the table's page, its error and confusion pages, and
+    the training curves of the models it rests on."""
+    folder = f"results/{dataset}/analysis/tables/{table}"
+    targets = [f"results/{dataset}/tables/{table}.html"]
+    targets += [f"{folder}/{name}.html" for name in ANALYSIS_PAGES]
+    targets += [
+        f"results/{dataset}/figures/training/{model}.{ext}"
+        for model in trained_models(table)
+        for ext in ("png", "csv")
+    ]
+    return targets
+
+
 # --- the per-category analysis (rules/analysis.smk) ---
 
 
@@ -367,8 +439,8 @@ def all_targets():
         for table in config["default_tables"]
         for ext in ("csv", "md")
     ]
-    for table in config["default_tables"]:  # rules/analysis.smk
-        targets += analysis_targets(DATASET, table)
+    for table in config["default_tables"]:  # rules/analysis.smk, rules/report.smk
+        targets += analysis_targets(DATASET, table) + report_targets(DATASET, table)
     if replicate_seeds(config):  # rules/tables.smk
         targets += replicate_table_targets(DATASET, replicate_tables(config))
     targets.append(f"results/{DATASET}/figures/mosaic_samples.png")

@@ -45,7 +45,12 @@ rule pseudo_label_precision:
         hidden_gt="data/{dataset}/annotations/unlabeled_hidden_gt.json",
         categories="results/{dataset}/stats/category_stats.csv",
     output:
-        "results/{dataset}/pseudo/precision.json",
+        report(
+            "results/{dataset}/pseudo/precision.json",
+            caption="../report/pseudo_precision.rst",
+            category=REPORT_PSEUDO,
+            labels={"figure": "pseudo-label precision (JSON)"},
+        ),
     log:
         "logs/{dataset}/pseudo_label_precision.log",
     benchmark:

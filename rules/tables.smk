@@ -3,7 +3,12 @@ rule ablation_table:
     input:
         table_metrics,
     output:
-        csv="results/{dataset}/tables/{table}.csv",
+        csv=report(
+            "results/{dataset}/tables/{table}.csv",
+            caption="../report/table_csv.rst",
+            category=REPORT_TABLES,
+            labels={"table": "{table}", "view": "raw CSV"},
+        ),
         md="results/{dataset}/tables/{table}.md",
     log:
         "logs/{dataset}/tables/{table}.log",
@@ -64,6 +69,7 @@ for table_name in config["tables"]:
                 ext=["csv", "md"],
             ),
             analysis_targets(DATASET, table_name),
+            report_targets(DATASET, table_name),
 
     # ... and its seed replicates: `snakemake --cores all table1_replicates` (needs config `replicates`).
     rule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # What a fresh clone holds that the workflow runs from (tests run it in a copy, never in the checkout).
-WORKFLOW_FILES = ("Snakefile", "rules", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
+WORKFLOW_FILES = ("Snakefile", "rules", "report", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
                   "envs", "longtail_seg")
 
 
@@ -41,6 +42,17 @@ def workflow_copy(tmp_path: Path) -> Path:
 def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One copy per test module for dry runs, which write nothing but Snakemake's own metadata."""
     return copy_workflow(tmp_path_factory.mktemp("workflow"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of the whole default DAG on the tiny config, in its own copy of the workflow, shared by the tests
+    that read its outputs (the tables, the analysis, the report)."""
+    folder = copy_workflow(tmp_path_factory.mktemp("tiny_run"))
+    result = subprocess.run(["snakemake", "--cores", "2", "--configfile", "configs/tiny.yaml"], cwd=folder,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder
 
 
 def write_lvis(path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:
