@@ -5,6 +5,10 @@
 configfile: "config.yaml"
 
 
+# `snakemake --report report.html` after a run: the outputs marked report() (rules/report.smk), this text on top.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/stats.smk"
@@ -14,6 +18,7 @@ include: "rules/pseudo.smk"
 include: "rules/test.smk"
 include: "rules/analysis.smk"
 include: "rules/tables.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -80,13 +80,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------ models and data
 
 
+def box_classifier(heads: torch.nn.Module) -> torch.nn.Module:
+    """The box classifier of single-stage RoI heads (their ``classifiers()``). The stock side is torchvision's
+    one-stage ``RoIHeads``: cascade / htc heads have no stock twin, so they stop here (benchmarks/roi_heads_cost.py
+    and multiscale_memory.py --roi-heads time them)."""
+    classifiers = heads.classifiers()
+    if len(classifiers) != 1:
+        raise SystemExit(f"inference_throughput: RoI heads with {len(classifiers)} box stages have no stock "
+                         "torchvision counterpart; this benchmark compares standard (one-stage) heads")
+    return classifiers[0]
+
+
 def build_models(model_cfg: dict, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, GeneralizedRCNN]:
     """(ours, stock): our Detector, and torchvision's GeneralizedRCNN over the same modules and weights."""
     torch.manual_seed(0)
     ours = build_detector(model_cfg, num_classes).eval()
     heads = ours.roi_heads
     predictor = FastRCNNPredictor(heads.box_head_dim, num_classes + 1)
-    predictor.cls_score = heads.box_predictor.classifier.cls_score
+    predictor.cls_score = box_classifier(heads).cls_score
     predictor.bbox_pred = heads.box_predictor.box_regressor.bbox_pred
     stock_heads = RoIHeads(
         heads.box_roi_pool, heads.box_head, predictor, 0.5, 0.5, 512, 0.25, None,
@@ -126,7 +137,7 @@ def calibrate_scores(model: torch.nn.Module, inputs: list[torch.Tensor], target:
         features = model.backbone(image_list.tensors)
         proposals, _ = model.rpn(image_list, features)
         box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
-        logits = heads.box_predictor.classifier(box_features).float()
+        logits = box_classifier(heads)(box_features).float()
 
     def passing(factor: float) -> float:
         probs = torch.softmax(logits * factor, dim=-1)[:, 1:]
@@ -138,7 +149,7 @@ def calibrate_scores(model: torch.nn.Module, inputs: list[torch.Tensor], target:
     for _ in range(40):
         middle = (low * high) ** 0.5
         low, high = (middle, high) if passing(middle) > target else (low, middle)
-    layer = heads.box_predictor.classifier.cls_score
+    layer = box_classifier(heads).cls_score
     with torch.no_grad():
         layer.weight.mul_(high)
         layer.bias.mul_(high)
@@ -244,7 +255,7 @@ def run_ours(model: torch.nn.Module, images: list[torch.Tensor], short_side: int
                                                                           timer)
     with timer.stage("box_head"):
         class_logits, box_regression = heads.box_predictor(box_features)
-        scores = heads.box_predictor.classifier.scores(class_logits)
+        scores = box_classifier(heads).scores(class_logits)
         boxes = heads.box_coder.decode(box_regression, proposals)
     with timer.stage("postprocess"):
         detections = heads.postprocess_detections(scores, boxes, proposals, image_list.image_sizes)

@@ -16,9 +16,12 @@ after        = the same test through ``predict_dataset_multiscale``: one view's 
 recompute_all= ``after`` with every view's features recomputed (none kept): what keeping the largest view saves;
 largest_view = ``after`` with the largest view alone (short side 1600, unflipped): the floor one view sets.
 
-The results of ``before``, ``after`` and ``recompute_all`` are compared (they must be identical).
+The results of ``before``, ``after`` and ``recompute_all`` are compared (they must be identical). ``--roi-heads
+cascade`` or ``htc`` measures those heads instead (every stage's classifier gets the same bias, so the stages' mean
+score passes as many pairs).
 
     python benchmarks/multiscale_memory.py [--threads 2] [--variants single,before,after,recompute_all]
+    python benchmarks/multiscale_memory.py --quick --roi-heads cascade
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.predict import predict_dataset
 from longtail_seg.inference.results import detections_to_lvis_results
 from longtail_seg.models.detector import build_detector
+from longtail_seg.models.registry import ROI_HEADS
 
 LVIS_MODEL_CFG = {
     "backbone": "resnet50", "fpn_channels": 256, "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
@@ -59,6 +63,8 @@ VARIANTS = ("single", "before", "after", "recompute_all", "largest_view")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--roi-heads", choices=sorted(ROI_HEADS), default="standard",
+                        help="model.roi_heads of the measured model (default standard)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     parser.add_argument("--quick", action="store_true", help="tiny backbone, 100 classes, two small scales: a smoke "
                         "test in seconds (results written as multiscale_memory_quick)")
@@ -92,16 +98,18 @@ class OneImage(torch.utils.data.Dataset):
         return label
 
 
-def lvis_shaped_model(quick: bool = False) -> torch.nn.Module:
+def lvis_shaped_model(quick: bool = False, roi_heads: str = "standard") -> torch.nn.Module:
     """The untrained ResNet-50 FPN with a trained-like number of passing (RoI, class) pairs."""
     torch.manual_seed(0)
     num_classes = 100 if quick else 1203
-    model = build_detector(QUICK_MODEL_CFG if quick else LVIS_MODEL_CFG, num_classes=num_classes).eval()
-    bias = model.roi_heads.box_predictor.classifier.cls_score.bias
-    with torch.no_grad():
-        bias.zero_()
-        bias[0] = 10.0  # background
-        bias[1:num_classes + 1:60] = 3.0  # 20 classes (of 1203): p ~ 8e-4 > 1e-4, the others ~ 4e-5
+    model_cfg = dict(QUICK_MODEL_CFG if quick else LVIS_MODEL_CFG, roi_heads=roi_heads)
+    model = build_detector(model_cfg, num_classes=num_classes).eval()
+    for classifier in model.roi_heads.classifiers():  # one per box stage (a cascade's are averaged)
+        bias = classifier.cls_score.bias
+        with torch.no_grad():
+            bias.zero_()
+            bias[0] = 10.0  # background
+            bias[1:num_classes + 1:60] = 3.0  # 20 classes (of 1203): p ~ 8e-4 > 1e-4, the others ~ 4e-5
     return model
 
 
@@ -137,10 +145,10 @@ def recompute_all_multiscale(model: torch.nn.Module, dataset: OneImage, cfg: Tes
         tta._detect_in_every_view = keep_largest
 
 
-def _worker(variant: str, threads: int | None, quick: bool, results_path: str, queue) -> None:
+def _worker(variant: str, threads: int | None, quick: bool, roi_heads: str, results_path: str, queue) -> None:
     if threads:
         torch.set_num_threads(threads)
-    model = lvis_shaped_model(quick)
+    model = lvis_shaped_model(quick, roi_heads)
     cfg = TestConfig.from_dict(QUICK_MULTI_SCALE if quick else MULTI_SCALE)
     with torch.inference_mode():  # first-call set-up outside the measurement
         model.detect([torch.rand(3, 64, 96)])
@@ -165,11 +173,11 @@ def _worker(variant: str, threads: int | None, quick: bool, results_path: str, q
                "rss_before_mib": round(before / 1024), "detections": len(results)})
 
 
-def run_variant(variant: str, threads: int | None, quick: bool, results_path: str) -> dict:
+def run_variant(variant: str, threads: int | None, quick: bool, roi_heads: str, results_path: str) -> dict:
     """One variant in a fresh process: its time, peak memory and number of results."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_worker, args=(variant, threads, quick, results_path, queue))
+    process = context.Process(target=_worker, args=(variant, threads, quick, roi_heads, results_path, queue))
     process.start()
     row = queue.get()
     process.join()
@@ -185,20 +193,23 @@ def main(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for variant in variants:
             path = str(Path(folder) / f"{variant}.json")
-            rows.append(run_variant(variant, args.threads, args.quick, path))
+            rows.append(run_variant(variant, args.threads, args.quick, args.roi_heads, path))
             results[variant] = json.loads(Path(path).read_text())
             print(rows[-1], flush=True)
     multi = [v for v in ("before", "after", "recompute_all") if v in results]
     identical = all(results[v] == results[multi[0]] for v in multi)
     multi_scale = QUICK_MULTI_SCALE if args.quick else MULTI_SCALE
     result = {"rows": rows, "multi_scale_results_identical": identical, "multi_scale": multi_scale,
-              "model": QUICK_MODEL_CFG if args.quick else LVIS_MODEL_CFG, "quick": args.quick, "machine": machine()}
-    model = "tiny backbone, 100 classes (--quick)" if args.quick else "ResNet-50 FPN, 1203 classes"
+              "model": QUICK_MODEL_CFG if args.quick else LVIS_MODEL_CFG, "roi_heads": args.roi_heads,
+              "quick": args.quick, "machine": machine()}
+    model = ("tiny backbone, 100 classes (--quick)" if args.quick else "ResNet-50 FPN, 1203 classes") + \
+        f", {args.roi_heads} RoI heads"
     markdown = (f"One 640 x 480 image, {model} (untrained, classifier bias set so that few (RoI, class) pairs pass), "
                 f"each variant in a fresh process. Multi-scale: {multi_scale}. Results of {', '.join(multi)} "
                 f"identical: {identical}.\n\n" + markdown_table(rows))
     print(markdown)
-    name = "multiscale_memory_quick" if args.quick else "multiscale_memory"
+    name = ("multiscale_memory_quick" if args.quick else "multiscale_memory") + \
+        ("" if args.roi_heads == "standard" else f"_{args.roi_heads}")
     print(f"-> {write_results(name, result, markdown, args.out_dir)}")
     return result
 

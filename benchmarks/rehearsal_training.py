@@ -13,8 +13,6 @@ window, the losses (finite, or the run fails), and peak memory (CUDA allocator p
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import json
 import sys
 import tempfile
@@ -24,14 +22,18 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import machine, markdown_table, status_kib, write_results  # noqa: E402
 
+from longtail_seg.cli import load_workflow_script  # noqa: E402
 from longtail_seg.data.synthetic_lvis import LVIS_MIN_NUM_TRAIN, generate_lvis_dataset  # noqa: E402
 from longtail_seg.runtime import resolve_device  # noqa: E402
-from longtail_seg.workflow_config import model_job_settings, training_job_settings  # noqa: E402
+from longtail_seg.workflow_config import (  # noqa: E402
+    load_configfiles,
+    model_job_settings,
+    training_job_settings,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = ("config.yaml", "configs/lvis_rehearsal.yaml")
@@ -53,27 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def rehearsal_config() -> dict[str, Any]:
     """config.yaml with configs/lvis_rehearsal.yaml merged in, as Snakemake merges --configfile."""
-    config: dict[str, Any] = {}
-    for name in CONFIG_FILES:
-        _merge_into(config, yaml.safe_load((REPO_ROOT / name).read_text()))
-    return config
-
-
-def _merge_into(target: dict[str, Any], override: dict[str, Any]) -> None:
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
-def load_script(name: str) -> Any:
-    """workflow_scripts/NAME.py as a module (its parse_args / main run in this process)."""
-    path = REPO_ROOT / "workflow_scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_configfiles(*(REPO_ROOT / name for name in CONFIG_FILES))
 
 
 def prepare_data(folder: Path, config: dict[str, Any], num_images: int) -> tuple[Path, Path, Path]:
@@ -82,7 +64,7 @@ def prepare_data(folder: Path, config: dict[str, Any], num_images: int) -> tuple
     paths = generate_lvis_dataset(folder / "data", seed=synthetic["seed"], num_train=num_images, num_val=1,
                                   num_unlabeled=1)
     stats_dir = folder / "stats"
-    stats = load_script("dataset_stats")
+    stats = load_workflow_script("dataset_stats")
     stats.main(stats.parse_args([
         "--annotations", str(paths["train"]), "--out-dir", str(stats_dir),
         "--rfs-threshold", str(config["stats"]["rfs_threshold"]),
@@ -113,7 +95,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "--repeat-factors", str(repeat_factors), "--model-cfg", json.dumps(model_cfg),
                 "--train-cfg", json.dumps(train_cfg), "--run-cfg", json.dumps(run_cfg), "--out-dir", str(out_dir),
                 "--device", str(device)] + (["--threads", str(args.threads)] if args.threads else [])
-        train_script = load_script("train")
+        train_script = load_workflow_script("train")
         start = time.perf_counter()
         train_script.main(train_script.parse_args(argv))
         wall = time.perf_counter() - start

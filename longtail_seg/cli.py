@@ -1,10 +1,53 @@
-"""Small helpers shared by the workflow scripts' command lines."""
+"""Small helpers shared by the workflow scripts' command lines, and ``load_workflow_script`` to run a script in this
+process (tests, benchmarks)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+# workflow_scripts/ of the checkout this package is imported from (absent from an installed wheel)
+WORKFLOW_SCRIPTS = Path(__file__).resolve().parents[1] / "workflow_scripts"
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A workflow script's parser: its module docstring as the help text, line breaks kept (the usage example)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_table_and_figure_outputs(parser: argparse.ArgumentParser) -> None:
+    """``--out-csv`` and ``--out-png``: the table and its figure, what each analysis script writes."""
+    parser.add_argument("--out-csv", required=True, help="CSV table to write")
+    parser.add_argument("--out-png", required=True, help="PNG figure of the table to write")
+
+
+@contextmanager
+def exit_on(prefix: str, *errors: type[Exception]) -> Iterator[None]:
+    """Turn ``errors`` raised inside into ``SystemExit("PREFIX: error")``: bad input ends the job with one line
+    naming the script (and what ``prefix`` adds, e.g. the files), not a traceback."""
+    try:
+        yield
+    except errors as error:
+        raise SystemExit(f"{prefix}: {error}") from None
+
+
+def load_workflow_script(name: str) -> ModuleType:
+    """workflow_scripts/NAME.py as a module, to call its ``parse_args`` / ``main`` in this process."""
+    path = WORKFLOW_SCRIPTS / f"{name}.py"
+    if not path.is_file():
+        scripts = sorted(p.stem for p in WORKFLOW_SCRIPTS.glob("*.py"))
+        raise FileNotFoundError(f"workflow script {path} does not exist; name one of {scripts} (run from a checkout "
+                                "of the repo: an installed package has no workflow_scripts/)")
+    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_json_object(text: str, option: str) -> dict[str, Any]:

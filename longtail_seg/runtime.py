@@ -53,6 +53,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def threads_per_process(threads: int) -> int:
+    """A job's ``threads`` (Snakemake's, for the whole job) shared among the processes torchrun starts on this node
+    (``LOCAL_WORLD_SIZE``), at least 1 each: N processes of N threads each would oversubscribe the cores."""
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, threads // local_processes)
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """``torch.set_num_threads`` with this process's share of a job's ``--threads`` (``threads_per_process``);
+    None or 0 leaves torch's default."""
+    if threads:
+        torch.set_num_threads(threads_per_process(threads))
+
+
 def distributed_rank_and_size() -> tuple[int, int]:
     """(rank, world size) of the initialised process group, or (0, 1)."""
     if dist.is_available() and dist.is_initialized():

@@ -4,11 +4,13 @@
 path with the keys allowed there), then the JSON schema, then ``check_workflow_config`` (the names that refer to other
 entries, and every section and per-model override built with the code's own config classes). The job-settings
 helpers give each rule's parameters only the keys its job reads, so a change reruns exactly the jobs it affects.
-Torch-free: building the DAG never imports torch.
+``load_configfiles`` merges config.yaml and ``--configfile`` overrides as Snakemake does, for code that reads the
+config outside Snakemake (tests, benchmarks). Torch-free: building the DAG never imports torch.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -31,6 +33,26 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 # Which stages take a model key, for the error message of a key on the wrong stage.
 KEY_STAGES = {key: [stage for stage, keys in STAGE_KEYS.items() if key in keys]
               for keys in STAGE_KEYS.values() for key in keys if key != "stage"}
+
+
+# --- config files -------------------------------------------------------------------------------------------------
+
+
+def merge_configs(*configs: Mapping[str, Any]) -> dict[str, Any]:
+    """``configs`` merged in order as Snakemake merges ``configfile:`` and each ``--configfile`` (with its own
+    ``snakemake.utils.update_config``): nested mappings key by key, anything else (a list too) replaced whole. The
+    inputs are left unchanged."""
+    from snakemake.utils import update_config
+
+    merged: dict[str, Any] = {}
+    for config in configs:
+        update_config(merged, copy.deepcopy(dict(config)))
+    return merged
+
+
+def load_configfiles(*paths: str | Path) -> dict[str, Any]:
+    """The YAML files merged in order (``merge_configs``): config.yaml, then each ``--configfile``."""
+    return merge_configs(*(yaml.safe_load(Path(path).read_text()) for path in paths))
 
 
 # --- unknown keys -------------------------------------------------------------------------------------------------
@@ -223,6 +245,38 @@ def upstream_models(config: Mapping[str, Any], model: str) -> set[str]:
     return found
 
 
+# --- seed replicates ----------------------------------------------------------------------------------------------
+
+
+def replicate_seeds(config: Mapping[str, Any]) -> list[int]:
+    """The seeds of the seed replicates (``replicates``; empty: replicates off)."""
+    return list(config.get("replicates", []))
+
+
+def replicate_tables(config: Mapping[str, Any]) -> list[str]:
+    """The tables the default target replicates when ``replicates`` is set (``replicate_tables``)."""
+    return list(config.get("replicate_tables", ["table1"]))
+
+
+def replicate_config(config: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The config of one seed replicate: every training seed (``train.seed``, ``retrain.seed`` and each model's own
+    ``train``/``retrain`` seed) set to ``seed``; everything else, the data and the dataset's own seed included, as
+    configured. Pseudo labels have no seed of their own: a replicate's teacher is its own retrained model."""
+    replicate = copy.deepcopy(dict(config))
+    for section in TRAINING_CONFIGS:
+        replicate[section]["seed"] = seed
+        for entry in replicate["models"].values():
+            if "seed" in entry.get(section, {}):
+                entry[section]["seed"] = seed
+    return replicate
+
+
+def is_configured_run(config: Mapping[str, Any], seed: int) -> bool:
+    """Whether replicate ``seed`` trains exactly as the configured run (every training seed already ``seed``): its
+    outputs are the default ones, reused without retraining."""
+    return replicate_config(config, seed) == dict(config)
+
+
 def _build(cls: Any, settings: Mapping[str, Any], section: str) -> Any:
     """``cls.from_dict(settings, section=section)``; a wrong type becomes a ValueError naming the section."""
     try:
@@ -238,7 +292,8 @@ def check_workflow_config(config: Mapping[str, Any]) -> None:
     """Checks a schema cannot express, after it: names that refer to other entries, which keys each model stage
     takes, and every section and per-model override built with the code's config classes. The first problem
     raises ``ValueError`` naming the key's full path and the fix."""
-    for check in (_check_dataset, _check_tables, _check_tests, _check_sections, _check_models, _check_pseudo_labels):
+    for check in (_check_dataset, _check_tables, _check_replicates, _check_tests, _check_sections, _check_models,
+                  _check_pseudo_labels):
         check(config)
 
 
@@ -259,6 +314,14 @@ def _check_tables(config: Mapping[str, Any]) -> None:
         for index, row in enumerate(rows):
             for key, section in (("model", "models"), ("test", "tests")):
                 _check_name(row[key], config[section], f"tables.{table}[{index}].{key}", section)
+
+
+def _check_replicates(config: Mapping[str, Any]) -> None:
+    """``replicate_tables`` are tables."""
+    unknown = sorted(set(replicate_tables(config)) - set(config["tables"]))
+    if unknown:
+        raise ValueError(f"replicate_tables names {unknown}, which are not keys of 'tables' (defined: "
+                         f"{sorted(config['tables'])}); add them to 'tables' or remove them from replicate_tables")
 
 
 def _check_tests(config: Mapping[str, Any]) -> None:

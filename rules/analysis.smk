@@ -9,8 +9,18 @@ rule category_ap:
         per_category="results/{dataset}/eval/{model}/{test}/per_category.csv",
         stats="results/{dataset}/stats/category_stats.csv",
     output:
-        csv="results/{dataset}/analysis/{model}/{test}/category_ap.csv",
-        png="results/{dataset}/analysis/{model}/{test}/category_ap.png",
+        csv=report(
+            "results/{dataset}/analysis/{model}/{test}/category_ap.csv",
+            caption="../report/category_ap.rst",
+            category=REPORT_CATEGORY_AP,
+            labels={"model": "{model}", "test": "{test}", "view": "raw CSV"},
+        ),
+        png=report(
+            "results/{dataset}/analysis/{model}/{test}/category_ap.png",
+            caption="../report/category_ap.rst",
+            category=REPORT_CATEGORY_AP,
+            labels={"model": "{model}", "test": "{test}", "view": "figure"},
+        ),
     log:
         "logs/{dataset}/analysis/{model}/{test}/category_ap.log",
     benchmark:
@@ -33,8 +43,20 @@ rule category_changes:
         per_category=table_row_files("per_category.csv"),
         stats="results/{dataset}/stats/category_stats.csv",
     output:
-        csv="results/{dataset}/analysis/tables/{table}/category_changes.csv",
-        png="results/{dataset}/analysis/tables/{table}/category_changes.png",
+        csv=report(
+            "results/{dataset}/analysis/tables/{table}/category_changes.csv",
+            caption="../report/category_changes.rst",
+            category=REPORT_ANALYSIS,
+            subcategory="{table}",
+            labels={"figure": "per-category AP changes (CSV)"},
+        ),
+        png=report(
+            "results/{dataset}/analysis/tables/{table}/category_changes.png",
+            caption="../report/category_changes.rst",
+            category=REPORT_ANALYSIS,
+            subcategory="{table}",
+            labels={"figure": "per-category AP changes"},
+        ),
     log:
         "logs/{dataset}/analysis/tables/{table}/category_changes.log",
     benchmark:
@@ -85,7 +107,13 @@ rule error_breakdown:
         errors=table_row_files("errors.json"),
     output:
         csv="results/{dataset}/analysis/tables/{table}/errors.csv",
-        png="results/{dataset}/analysis/tables/{table}/errors.png",
+        png=report(
+            "results/{dataset}/analysis/tables/{table}/errors.png",
+            caption="../report/errors.rst",
+            category=REPORT_ANALYSIS,
+            subcategory="{table}",
+            labels={"figure": "errors"},
+        ),
         confusions="results/{dataset}/analysis/tables/{table}/confusions.csv",
     log:
         "logs/{dataset}/analysis/tables/{table}/errors.log",
@@ -115,7 +143,13 @@ rule prediction_viewer:
         images=lambda wc: image_root(wc.dataset),
         check=data_check("val"),
     output:
-        png="results/{dataset}/analysis/tables/{table}/viewer.png",
+        png=report(
+            "results/{dataset}/analysis/tables/{table}/viewer.png",
+            caption="../report/viewer.rst",
+            category=REPORT_ANALYSIS,
+            subcategory="{table}",
+            labels={"figure": "predictions, first and last row"},
+        ),
     log:
         "logs/{dataset}/analysis/tables/{table}/viewer.log",
     benchmark:
@@ -146,8 +180,18 @@ rule teacher_calibration:
         annotations=lambda wc: annotation_file(wc.dataset, "val"),
         check=data_check("val"),
     output:
-        csv="results/{dataset}/pseudo/calibration.csv",
-        png="results/{dataset}/pseudo/calibration.png",
+        csv=report(
+            "results/{dataset}/pseudo/calibration.csv",
+            caption="../report/calibration.rst",
+            category=REPORT_PSEUDO,
+            labels={"figure": "teacher calibration (CSV)"},
+        ),
+        png=report(
+            "results/{dataset}/pseudo/calibration.png",
+            caption="../report/calibration.rst",
+            category=REPORT_PSEUDO,
+            labels={"figure": "teacher calibration"},
+        ),
     log:
         "logs/{dataset}/pseudo/calibration.log",
     benchmark:

@@ -5,7 +5,12 @@ rule mosaic_samples:
         images=lambda wc: image_root(wc.dataset),
         repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
     output:
-        "results/{dataset}/figures/mosaic_samples.png",
+        report(
+            "results/{dataset}/figures/mosaic_samples.png",
+            caption="../report/mosaic_samples.rst",
+            category=REPORT_DATASET,
+            labels={"figure": "balanced-mosaic samples"},
+        ),
     log:
         "logs/{dataset}/mosaic_samples.log",
     benchmark:

@@ -1,3 +1,4 @@
+import functools
 import json
 import re
 import sys
@@ -13,9 +14,13 @@ from longtail_seg.workflow_config import (
     check_workflow_config,
     config_error_message,
     evaluation_job_settings,
+    is_configured_run,
     is_multi_scale_test,
     load_schema,
     model_job_settings,
+    replicate_config,
+    replicate_seeds,
+    replicate_tables,
     representation_classifier,
     test_job_settings,
     training_job_settings,
@@ -55,17 +60,57 @@ if getattr(workflow, "is_main_process", True):
         print(lock_note, file=sys.stderr)
 
 
+# `dataset` is a dataset name, or NAME/seedN for a seed replicate's outputs (see run_config below).
 wildcard_constraints:
-    dataset="[A-Za-z0-9_.-]+",
+    dataset="[A-Za-z0-9_.-]+(/seed[0-9]+)?",
     model="[A-Za-z0-9_.-]+",
     test="[A-Za-z0-9_.-]+",
 
 
+# --- seed replicates (config `replicates`): a replicate's jobs are the usual rules with `dataset` = NAME/seedN, so
+# its outputs, logs and benchmarks go to results/NAME/seedN/, logs/NAME/seedN/, benchmarks/out/NAME/seedN/; they read
+# the data, data checks and statistics of NAME and train with the replicate's seeds.
+
+
+def base_dataset(dataset):
+    """The dataset name of an output folder: `demo` for results/demo/ and for a replicate's results/demo/seed1/."""
+    return dataset.split("/")[0]
+
+
+def replicate_folder(dataset, seed):
+    """The output folder of replicate `seed`: the configured run's own (no retraining) when the seed gives the
+    configured training seeds, else NAME/seedN."""
+    return dataset if is_configured_run(config, seed) else f"{dataset}/seed{seed}"
+
+
+def run_config(dataset):
+    """The config the jobs of an output folder run with: the configured one, or a replicate's (its seeds)."""
+    match = re.fullmatch(r"[^/]+/seed([0-9]+)", dataset)
+    return config if match is None else seed_config(int(match.group(1)))
+
+
+@functools.cache
+def seed_config(seed):
+    """The config of replicate `seed` (built once per seed: rule parameters ask for it job by job)."""
+    return replicate_config(config, seed)
+
+
+def stats_path(dataset, name):
+    """A file of the dataset statistics (results/NAME/stats/): one for the dataset and its seed replicates."""
+    return f"results/{base_dataset(dataset)}/stats/{name}"
+
+
+def stats_file(name):
+    """Input function: `stats_path` of the job's dataset."""
+    return lambda wc: stats_path(wc.dataset, name)
+
+
 def dataset_config(dataset):
-    """The `datasets` entry of a dataset name, with a clear error for an unknown one."""
-    if dataset not in config["datasets"]:
-        raise ValueError(f"config: no entry '{dataset}' under 'datasets'")
-    return config["datasets"][dataset]
+    """The `datasets` entry of a dataset name (or replicate folder), with a clear error for an unknown one."""
+    name = base_dataset(dataset)
+    if name not in config["datasets"]:
+        raise ValueError(f"config: no entry '{name}' under 'datasets'")
+    return config["datasets"][name]
 
 
 def is_synthetic(dataset):
@@ -75,14 +120,14 @@ def is_synthetic(dataset):
 def annotation_file(dataset, split):
     """Annotation JSON of a split: generated under data/ for the synthetic dataset, from config otherwise."""
     if is_synthetic(dataset):
-        return f"data/{dataset}/annotations/{split}.json"
+        return f"data/{base_dataset(dataset)}/annotations/{split}.json"
     return dataset_config(dataset)[f"{split}_json"]
 
 
 def image_root(dataset):
     """Folder that image records' file names are relative to."""
     if is_synthetic(dataset):
-        return f"data/{dataset}/images"
+        return f"data/{base_dataset(dataset)}/images"
     return dataset_config(dataset)["image_root"]
 
 
@@ -98,7 +143,7 @@ def data_check(split):
     """
 
     def report(wildcards):
-        path = Path(f"results/{wildcards.dataset}/checks/{split}.json")
+        path = Path(f"results/{base_dataset(wildcards.dataset)}/checks/{split}.json")
         sources = [
             Path(annotation_file(wildcards.dataset, split)),
             Path(image_root(wildcards.dataset)),
@@ -216,7 +261,7 @@ def train_extra_args(wildcards):
     if needs_image_counts(representation_classifier(config, wildcards.model)):
         args += [
             "--category-stats",
-            f"results/{wildcards.dataset}/stats/category_stats.csv",
+            stats_path(wildcards.dataset, "category_stats.csv"),
         ]
     return args
 
@@ -225,14 +270,14 @@ def train_category_stats(wildcards):
     """category_stats.csv for a representation model whose classifier needs image counts (federated), else none:
     other models do not rerun when the statistics change."""
     if needs_image_counts(representation_classifier(config, wildcards.model)):
-        return [f"results/{wildcards.dataset}/stats/category_stats.csv"]
+        return [stats_path(wildcards.dataset, "category_stats.csv")]
     return []
 
 
 def norcal_category_stats(wildcards):
     """category_stats.csv for a test with NorCal calibration (its training instance counts), else none."""
     if test_job_settings(config, wildcards.test).get("norcal_gamma") is not None:
-        return [f"results/{wildcards.dataset}/stats/category_stats.csv"]
+        return [stats_path(wildcards.dataset, "category_stats.csv")]
     return []
 
 
@@ -278,6 +323,78 @@ def any_model_uses_pseudo_labels():
     return any(uses_pseudo_labels(config, name) for name in config["models"])
 
 
+# --- the workflow report (rules/report.smk) ---
+
+REPORT_TABLES = "Ablation tables"
+REPORT_ANALYSIS = "Analysis per table"
+REPORT_CATEGORY_AP = "Per-category AP"
+REPORT_TRAINING = "Training curves"
+REPORT_DATASET = "Dataset"
+REPORT_PSEUDO = "Pseudo labels"
+# An output shown two ways (a table's page and its CSV, a figure and its CSV) carries a label "view"; the report
+# makes it a toggle that opens on the alphabetically first value, so the CSV is "raw CSV" (after "figure", "page").
+
+# The analysis CSVs of a table shown as pages: name -> (heading, note, decimals).
+ANALYSIS_PAGES = {
+    "errors": (
+        "TIDE error breakdown of the mask AP at IoU 0.5",
+        "AP50: the row's mask AP at IoU 0.5; dAP_TYPE: the AP50 points fixing every error of that type would add;"
+        " count_TYPE: how many errors of that type.",
+        2,
+    ),
+    "confusions": (
+        "Most frequent mistakes on rare categories",
+        "Per row, rare-category objects detected as another category (predicted_name, its LVIS group"
+        " predicted_frequency), with how often.",
+        0,
+    ),
+}
+
+
+def training_stage_name(model):
+    """The report's subcategory of a trained model's curves: its training stage in words."""
+    stage = config["models"][model]["stage"]
+    return (
+        "representation learning"
+        if stage == "representation"
+        else "classifier retraining"
+    )
+
+
+def trained_models(table):
+    """The models a table's rows rest on that ran a training job (representation learning or classifier
+    retraining): the rows' models, the branches of double classifiers, the models retraining starts from and the
+    pseudo-label teacher, in first-seen order."""
+    seen, pending = [], [row["model"] for row in table_rows(table)]
+    while pending:
+        model = pending.pop(0)
+        if model in seen:
+            continue
+        seen.append(model)
+        settings = config["models"][model]
+        pending += settings.get("branches", [])
+        pending += [settings["from"]] if "from" in settings else []
+        if uses_pseudo_labels(config, model):
+            pending.append(config["pseudo_labels"]["teacher"])
+    return [
+        m for m in seen if config["models"][m]["stage"] in ("representation", "retrain")
+    ]
+
+
+def report_targets(dataset, table):
+    """What the report shows of a table beyond its analysis: the table's page, its error and confusion pages, and
+    the training curves of the models it rests on."""
+    folder = f"results/{dataset}/analysis/tables/{table}"
+    targets = [f"results/{dataset}/tables/{table}.html"]
+    targets += [f"{folder}/{name}.html" for name in ANALYSIS_PAGES]
+    targets += [
+        f"results/{dataset}/figures/training/{model}.{ext}"
+        for model in trained_models(table)
+        for ext in ("png", "csv")
+    ]
+    return targets
+
+
 # --- the per-category analysis (rules/analysis.smk) ---
 
 
@@ -314,19 +431,48 @@ def analysis_targets(dataset, table):
 
 def all_targets():
     """Default target: the default_tables of the configured dataset with their analysis (rules/analysis.smk), the
-    mosaic sample grid, and (synthetic data with pseudo-label models) the pseudo-label precision against the hidden
-    ground truth.
+    seed replicates of replicate_tables (when `replicates` is set), the mosaic sample grid, and (synthetic data with
+    pseudo-label models) the pseudo-label precision against the hidden ground truth.
     """
     targets = [
         f"results/{DATASET}/tables/{table}.{ext}"
         for table in config["default_tables"]
         for ext in ("csv", "md")
     ]
-    for table in config["default_tables"]:  # rules/analysis.smk
-        targets += analysis_targets(DATASET, table)
+    for table in config["default_tables"]:  # rules/analysis.smk, rules/report.smk
+        targets += analysis_targets(DATASET, table) + report_targets(DATASET, table)
+    if replicate_seeds(config):  # rules/tables.smk
+        targets += replicate_table_targets(DATASET, replicate_tables(config))
     targets.append(f"results/{DATASET}/figures/mosaic_samples.png")
     if any_model_uses_pseudo_labels() and is_synthetic(DATASET):
         targets.append(f"results/{DATASET}/pseudo/precision.json")
     if any_model_uses_pseudo_labels():  # rules/analysis.smk
         targets.append(f"results/{DATASET}/pseudo/calibration.png")
     return targets
+
+
+def replicate_table_targets(dataset, tables):
+    """The seed-replicate tables ({table}_replicates.csv and .md) of `tables`."""
+    return [
+        f"results/{dataset}/tables/{table}_replicates.{ext}"
+        for table in tables
+        for ext in ("csv", "md")
+    ]
+
+
+def replicate_metrics(wildcards):
+    """Input function: every metrics.json of a replicated table, seed by seed (config `replicates` order), each seed
+    row by row. A clear error when `replicates` is empty."""
+    seeds = replicate_seeds(config)
+    if not seeds:
+        raise WorkflowError(
+            f"{wildcards.table}_replicates: config `replicates` is empty; list the seeds, e.g. "
+            "`--configfile configs/replicates.yaml` (replicates: [0, 1, 2])"
+        )
+    return [
+        metrics_file(
+            replicate_folder(wildcards.dataset, seed), row["model"], row["test"]
+        )
+        for seed in seeds
+        for row in table_rows(wildcards.table)
+    ]

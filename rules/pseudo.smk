@@ -8,7 +8,7 @@ rule pseudo_labels:
         unlabeled=lambda wc: annotation_file(wc.dataset, "unlabeled"),
         images=lambda wc: image_root(wc.dataset),
         train=lambda wc: annotation_file(wc.dataset, "train"),
-        categories="results/{dataset}/stats/category_stats.csv",
+        categories=stats_file("category_stats.csv"),
     output:
         pseudo="results/{dataset}/pseudo/pseudo_labels.json",
         summary="results/{dataset}/pseudo/summary.json",
@@ -45,7 +45,12 @@ rule pseudo_label_precision:
         hidden_gt="data/{dataset}/annotations/unlabeled_hidden_gt.json",
         categories="results/{dataset}/stats/category_stats.csv",
     output:
-        "results/{dataset}/pseudo/precision.json",
+        report(
+            "results/{dataset}/pseudo/precision.json",
+            caption="../report/pseudo_precision.rst",
+            category=REPORT_PSEUDO,
+            labels={"figure": "pseudo-label precision (JSON)"},
+        ),
     log:
         "logs/{dataset}/pseudo_label_precision.log",
     benchmark:

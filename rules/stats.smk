@@ -6,7 +6,12 @@ rule dataset_stats:
     output:
         categories="results/{dataset}/stats/category_stats.csv",
         summary="results/{dataset}/stats/summary.json",
-        plot="results/{dataset}/stats/long_tail.png",
+        plot=report(
+            "results/{dataset}/stats/long_tail.png",
+            caption="../report/long_tail.rst",
+            category=REPORT_DATASET,
+            labels={"figure": "long-tail distribution"},
+        ),
     log:
         "logs/{dataset}/dataset_stats.log",
     benchmark:

@@ -3,7 +3,12 @@ rule ablation_table:
     input:
         table_metrics,
     output:
-        csv="results/{dataset}/tables/{table}.csv",
+        csv=report(
+            "results/{dataset}/tables/{table}.csv",
+            caption="../report/table_csv.rst",
+            category=REPORT_TABLES,
+            labels={"table": "{table}", "view": "raw CSV"},
+        ),
         md="results/{dataset}/tables/{table}.md",
     log:
         "logs/{dataset}/tables/{table}.log",
@@ -23,6 +28,33 @@ rule ablation_table:
         " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
+rule replicate_table:
+    """An ablation table over the seed replicates (config `replicates`): each cell's mean +- sd over the seeds, and
+    each step's paired change against the previous row (longtail_seg/evaluation/replicates.py).
+    """
+    input:
+        replicate_metrics,
+    output:
+        csv="results/{dataset}/tables/{table}_replicates.csv",
+        md="results/{dataset}/tables/{table}_replicates.md",
+    log:
+        "logs/{dataset}/tables/{table}_replicates.log",
+    benchmark:
+        "benchmarks/out/{dataset}/tables/{table}_replicates.tsv"
+    wildcard_constraints:
+        table="|".join(re.escape(name) for name in config["tables"]),
+    priority: 2
+    localrule: True
+    conda:
+        "../envs/longtail_seg.yaml"
+    params:
+        rows=lambda wc: as_json(table_rows(wc.table)),
+        seeds=replicate_seeds(config),
+    shell:
+        "python workflow_scripts/replicate_table.py --rows {params.rows:q} --seeds {params.seeds}"
+        " --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
 # One target rule per table, named after it: `snakemake --cores all table1` (or controls, ...).
 for table_name in config["tables"]:
 
@@ -37,3 +69,11 @@ for table_name in config["tables"]:
                 ext=["csv", "md"],
             ),
             analysis_targets(DATASET, table_name),
+            report_targets(DATASET, table_name),
+
+    # ... and its seed replicates: `snakemake --cores all table1_replicates` (needs config `replicates`).
+    rule:
+        name:
+            f"{table_name}_replicates"
+        input:
+            replicate_table_targets(DATASET, [table_name]),

@@ -6,7 +6,7 @@ rule train_representation:
     input:
         annotations=lambda wc: annotation_file(wc.dataset, "train"),
         images=lambda wc: image_root(wc.dataset),
-        repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
+        repeat_factors=stats_file("image_repeat_factors.csv"),
         categories=train_category_stats,  # federated classifier only: its training image counts
         check=data_check("train"),
     output:
@@ -26,7 +26,9 @@ rule train_representation:
         runtime=config["compute"]["train_runtime_min"],
     params:
         model_cfg=lambda wc: as_json(model_job_settings(config, wc.model)),
-        train_cfg=lambda wc: as_json(training_job_settings(config, wc.model, "train")),
+        train_cfg=lambda wc: as_json(
+            training_job_settings(run_config(wc.dataset), wc.model, "train")
+        ),
         # how the job runs (loader workers, logging, checkpoint period), not what it computes: a parameter function
         # of `threads` is one Snakemake does not track, so changing these reruns no job (README: rerun triggers)
         run_cfg=lambda wc, threads: as_json(
@@ -60,8 +62,8 @@ rule retrain_classifier:
         pseudo=retrain_pseudo_input,
         annotations=lambda wc: annotation_file(wc.dataset, "train"),
         images=lambda wc: image_root(wc.dataset),
-        categories="results/{dataset}/stats/category_stats.csv",
-        repeat_factors="results/{dataset}/stats/image_repeat_factors.csv",
+        categories=stats_file("category_stats.csv"),
+        repeat_factors=stats_file("image_repeat_factors.csv"),
         check=data_check("train"),
     output:
         model="results/{dataset}/models/{model}/model_final.pth",
@@ -81,7 +83,9 @@ rule retrain_classifier:
         runtime=config["compute"]["train_runtime_min"],
     params:
         classifier_cfg=lambda wc: as_json(config["models"][wc.model]["classifier"]),
-        train_cfg=lambda wc: as_json(training_job_settings(config, wc.model, "retrain")),
+        train_cfg=lambda wc: as_json(
+            training_job_settings(run_config(wc.dataset), wc.model, "retrain")
+        ),
         run_cfg=lambda wc, threads: as_json(
             training_run_settings(config, wc.model, "retrain")
         ),

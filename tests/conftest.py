@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from longtail_seg.cli import load_workflow_script  # noqa: F401 (the tests import it from here)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # What a fresh clone holds that the workflow runs from (tests run it in a copy, never in the checkout).
-WORKFLOW_FILES = ("Snakefile", "rules", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
+WORKFLOW_FILES = ("Snakefile", "rules", "report", "schemas", "workflow_scripts", "config.yaml", "configs", "profiles",
                   "envs", "longtail_seg")
 
 
@@ -43,13 +44,15 @@ def shared_workflow_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("workflow"))
 
 
-def load_workflow_script(name: str) -> ModuleType:
-    """Import workflow_scripts/NAME.py as a module, to call its parse_args/main in-process."""
-    path = REPO_ROOT / "workflow_scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of the whole default DAG on the tiny config, in its own copy of the workflow, shared by the tests
+    that read its outputs (the tables, the analysis, the report)."""
+    folder = copy_workflow(tmp_path_factory.mktemp("tiny_run"))
+    result = subprocess.run(["snakemake", "--cores", "2", "--configfile", "configs/tiny.yaml"], cwd=folder,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder
 
 
 def write_lvis(path: Path, images: list[dict], annotations: list[dict], categories: list[dict]) -> Path:

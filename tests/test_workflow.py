@@ -308,9 +308,8 @@ def test_tiny_config_runs_to_stats(workflow_copy):
 
 
 @pytest.mark.slow
-def test_tiny_config_runs_the_whole_dag_to_the_tables(workflow_copy):
-    result = _snakemake("--cores", "2", "--configfile", "configs/tiny.yaml", cwd=workflow_copy)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_tiny_config_runs_the_whole_dag_to_the_tables(tiny_run):
+    workflow_copy = tiny_run  # the whole default DAG, run once for this test and the report's (conftest.py)
     results = workflow_copy / "results" / "tiny"
     metrics = json.loads((results / "eval" / "representation" / "single_scale" / "metrics.json").read_text())
     assert set(metrics) >= {"bbox", "segm"}

@@ -36,7 +36,9 @@ from longtail_seg.workflow_config import (
     config_error_message,
     is_multi_scale_test,
     key_path,
+    load_configfiles,
     load_schema,
+    merge_configs,
     model_job_settings,
     training_job_settings,
 )
@@ -48,19 +50,8 @@ DEFS = SCHEMA["$defs"]
 
 
 def merged(*overrides: dict[str, Any]) -> dict[str, Any]:
-    """config.yaml with ``overrides`` merged in as Snakemake merges --configfile (nested mappings key by key)."""
-    config = copy.deepcopy(BASE)
-    for override in overrides:
-        _merge_into(config, copy.deepcopy(override))
-    return config
-
-
-def _merge_into(target: dict[str, Any], override: dict[str, Any]) -> None:
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge_into(target[key], value)
-        else:
-            target[key] = value
+    """config.yaml with ``overrides`` merged in as Snakemake merges --configfile (``merge_configs``)."""
+    return merge_configs(BASE, *overrides)
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -96,6 +87,56 @@ def test_importing_the_checks_does_not_import_torch():
     code = "import sys, longtail_seg.workflow_config; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- config files merged as Snakemake merges --configfile -----------------------------------------------------------
+
+BASE_FILE = {"train": {"lr": 0.02, "steps": [8, 11], "amp": {"enabled": False, "dtype": "bf16"}},
+             "tests": {"single_scale": {"min_size": 800}}, "dataset": "demo"}
+OVERRIDE_FILE = {"train": {"steps": [3], "amp": {"enabled": True}}, "tests": {"multi_scale": {"min_size": 600}},
+                 "dataset": "lvis_v1"}
+MERGED_FILES = {"train": {"lr": 0.02, "steps": [3], "amp": {"enabled": True, "dtype": "bf16"}},
+                "tests": {"single_scale": {"min_size": 800}, "multi_scale": {"min_size": 600}},
+                "dataset": "lvis_v1"}
+
+
+def test_merge_configs_merges_mappings_key_by_key_and_replaces_lists_and_scalars():
+    assert merge_configs(BASE_FILE, OVERRIDE_FILE) == MERGED_FILES
+
+
+def test_merge_configs_leaves_its_inputs_unchanged_and_shares_nothing_with_them():
+    base, override = copy.deepcopy(BASE_FILE), copy.deepcopy(OVERRIDE_FILE)
+    result = merge_configs(base, override)
+    result["train"]["steps"].append(99)
+    result["tests"]["single_scale"]["min_size"] = 1
+    assert (base, override) == (BASE_FILE, OVERRIDE_FILE)
+
+
+def test_merge_configs_later_files_win_and_none_gives_an_empty_config():
+    assert merge_configs() == {}
+    assert merge_configs({"a": {"b": 1}}, {"a": {"b": 2}}, {"a": {"b": 3, "c": 4}}) == {"a": {"b": 3, "c": 4}}
+    assert merge_configs({"a": 1}, {"a": {"b": 2}}) == {"a": {"b": 2}}  # a mapping replaces a scalar
+    assert merge_configs({"a": {"b": 2}}, {"a": [1]}) == {"a": [1]}  # and a list replaces a mapping
+
+
+def test_load_configfiles_gives_what_snakemake_gives_for_configfile_then_two_configfiles(tmp_path):
+    """Parity with Snakemake itself: a workflow with ``configfile:`` run with ``--configfile A B`` dumps the config it
+    sees; ``load_configfiles`` of the three files must equal it."""
+    second = {"train": {"amp": {"dtype": "fp16"}}, "extra": [1, 2]}
+    files = [tmp_path / name for name in ("base.yaml", "override.yaml", "second.yaml")]
+    for path, content in zip(files, (BASE_FILE, OVERRIDE_FILE, second)):
+        path.write_text(yaml.safe_dump(content))
+    (tmp_path / "Snakefile").write_text(
+        'import json\n\nconfigfile: "base.yaml"\n\n'
+        'with open("seen.json", "w") as seen:\n    json.dump(config, seen)\n\n'
+        "rule all:\n    input: []\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+                             *map(str, files[1:])], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = yaml.safe_load((tmp_path / "seen.json").read_text())
+    assert seen == load_configfiles(*files)
+    assert seen["train"] == {"lr": 0.02, "steps": [3], "amp": {"enabled": True, "dtype": "fp16"}}
 
 
 # --- a typo anywhere: its full path and the keys allowed there ------------------------------------------------------
@@ -196,6 +237,7 @@ CROSS_FIELD = [
     ({"pseudo_labels": {"teacher": "pseudo_double"}}, ["pseudo_labels.teacher", "bgs_pseudo", "cycle"]),
     ({"pseudo_labels": {"teacher": "bgs_class_aware_pseudo"}}, ["pseudo_labels.teacher", "cycle"]),
     ({"pseudo_labels": {"test": "single"}}, ["pseudo_labels.test", "did you mean 'single_scale'"]),
+    ({"replicate_tables": ["table1", "tabel2"]}, ["replicate_tables names ['tabel2']", "not keys of 'tables'"]),
 ]
 
 
@@ -509,3 +551,33 @@ def test_the_bound_cases_cover_every_numeric_key():
     assert {k for d, k, _ in BOUNDED if d == "test_settings"} >= {"min_size", "max_dets", "merge_iou"}
     assert {k for d, k, _ in BOUNDED if d == "model_settings"} >= {"fpn_channels", "box_nms_thresh",
                                                                    "trainable_backbone_layers"}
+
+
+def test_a_replicate_sets_every_training_seed_and_nothing_else():
+    """Seed 3: train.seed, retrain.seed and a model's own seed become 3; the data's seed and all else stay."""
+    config = merged({"models": {"bgs": {"retrain": {"seed": 7}}, "rfs_short": {"train": {"seed": 5}}}})
+    replicate = workflow_config.replicate_config(config, 3)
+    assert replicate["train"]["seed"] == replicate["retrain"]["seed"] == 3
+    assert replicate["models"]["bgs"]["retrain"] == {"sampler": "repeat_factor", "seed": 3}
+    assert replicate["models"]["rfs_short"]["train"]["seed"] == 3
+    assert "seed" not in replicate["models"]["bgs_class_aware"]["retrain"]  # inherits retrain.seed = 3
+    assert workflow_config.training_job_settings(replicate, "bgs_class_aware", "retrain")["seed"] == 3
+    assert replicate["datasets"]["demo"]["synthetic"]["seed"] == 0
+    for section in ("train", "retrain"):
+        replicate[section]["seed"] = config[section]["seed"]
+    replicate["models"]["bgs"]["retrain"]["seed"], replicate["models"]["rfs_short"]["train"]["seed"] = 7, 5
+    assert replicate == config
+    assert config["train"]["seed"] == 0 and config["models"]["bgs"]["retrain"]["seed"] == 7  # not changed in place
+
+
+def test_only_the_seed_of_every_configured_seed_is_the_configured_run():
+    config = merged({})
+    assert workflow_config.is_configured_run(config, 0)
+    assert not workflow_config.is_configured_run(config, 1)
+    mixed = merged({"retrain": {"seed": 1}})  # train 0, retrain 1: no single seed gives both
+    assert not any(workflow_config.is_configured_run(mixed, seed) for seed in (0, 1))
+
+
+def test_replicates_are_off_by_default_and_replicate_table1():
+    assert workflow_config.replicate_seeds(BASE) == []
+    assert workflow_config.replicate_tables(BASE) == ["table1"]

@@ -14,19 +14,19 @@ import json
 
 import pandas as pd
 
+from longtail_seg.cli import add_table_and_figure_outputs, script_parser
 from longtail_seg.evaluation.per_category import ap_changes, category_ap, write_csv
 from longtail_seg.plots import plot_ap_changes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--rows", required=True, help='JSON list of the table rows: [{"label": ...}, ...]')
     parser.add_argument("--per-category", nargs="+", required=True, help="per_category.csv per row, in row order")
     parser.add_argument("--category-stats", required=True, help="category_stats.csv of the statistics step")
     parser.add_argument("--iou-type", choices=("segm", "bbox"), default="segm")
     parser.add_argument("--top", type=int, default=10, help="gains and losses named per step in the PNG")
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument("--out-png", required=True)
+    add_table_and_figure_outputs(parser)
     return parser.parse_args(argv)
 
 

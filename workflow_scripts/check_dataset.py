@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 
+from longtail_seg.cli import script_parser
 from longtail_seg.data.check import DEFAULT_EXECUTOR, EXECUTORS, MAX_LISTED, ROLES, available_cpus, check_dataset
 from longtail_seg.data.lvis_io import DatasetError
 from longtail_seg.io_utils import atomic_write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--annotations", required=True, help="LVIS/COCO-format annotation JSON")
     parser.add_argument("--image-root", help="folder the image records' file names are relative to "
                                              "(default: check the annotations only)")

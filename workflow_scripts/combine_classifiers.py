@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+from longtail_seg.cli import script_parser
 from longtail_seg.engine.retrain import combine_classifiers
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--first", required=True, help="model_final.pth of the first retrained classifier (A)")
     parser.add_argument("--second", required=True, help="model_final.pth of the second retrained classifier (B)")
     parser.add_argument("--out", required=True, help="output detector file with the double classifier")

@@ -10,13 +10,14 @@ import argparse
 import time
 from pathlib import Path
 
+from longtail_seg.cli import script_parser
 from longtail_seg.data.lvis_io import annotation_arrays, load_lvis
 from longtail_seg.plots import plot_long_tail
 from longtail_seg.stats import DEFAULT_BGS_BINS, STATS_PARTS, compute_dataset_stats, write_dataset_stats
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--annotations", required=True, help="LVIS/COCO-format training annotation JSON")
     parser.add_argument("--out-dir", required=True, help="folder for the statistics files")
     parser.add_argument("--rfs-threshold", type=float, default=0.001, help="repeat factor threshold t (default 0.001)")

@@ -14,18 +14,18 @@ import json
 
 import pandas as pd
 
+from longtail_seg.cli import add_table_and_figure_outputs, exit_on, script_parser
 from longtail_seg.evaluation.per_category import confusion_table, error_table, write_csv
 from longtail_seg.io_utils import load_json_file
 from longtail_seg.plots import plot_error_breakdown
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--rows", required=True, help='JSON list of the table rows: [{"label": ...}, ...]')
     parser.add_argument("--errors", nargs="+", required=True, help="errors.json per row, in row order")
     parser.add_argument("--iou-type", choices=("segm", "bbox"), default="segm")
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument("--out-png", required=True)
+    add_table_and_figure_outputs(parser)
     parser.add_argument("--out-confusions", help="CSV of each row's most frequent mistakes on rare categories")
     return parser.parse_args(argv)
 
@@ -36,10 +36,8 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
         raise SystemExit(f"error_breakdown: {len(labels)} rows but {len(args.errors)} errors.json files")
     fix = "delete it and rerun the `evaluate` job that writes it"
     loaded = [(label, load_json_file(path, "error breakdown", fix)) for label, path in zip(labels, args.errors)]
-    try:
+    with exit_on("error_breakdown", ValueError, KeyError):
         table = error_table(loaded, args.iou_type)
-    except (ValueError, KeyError) as error:
-        raise SystemExit(f"error_breakdown: {error}") from None
     write_csv(table, args.out_csv)
     if args.out_confusions:
         write_csv(confusion_table(loaded, args.iou_type), args.out_confusions)

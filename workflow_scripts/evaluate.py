@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from longtail_seg.cli import script_parser
 from longtail_seg.data.check import check_dataset
 from longtail_seg.evaluation.lvis_eval import (
     IOU_TYPES,
@@ -41,7 +42,7 @@ from longtail_seg.io_utils import atomic_write_json, file_sha256, load_json_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--annotations", required=True, help="LVIS-format ground-truth JSON")
     parser.add_argument("--predictions", required=True, help="LVIS results JSON (list of detection dicts)")
     parser.add_argument("--out", help="metrics.json to write (needed unless --out-per-category / --out-errors)")

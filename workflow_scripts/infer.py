@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from longtail_seg.cli import parse_json_object
+from longtail_seg.cli import parse_json_object, script_parser
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.results import write_results
 from longtail_seg.inference.run import predict_annotation_file
-from longtail_seg.runtime import resolve_device
+from longtail_seg.runtime import resolve_device, set_torch_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="model_final.pth written by training")
     parser.add_argument("--annotations", required=True, help="LVIS-format JSON of the split to predict")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
@@ -36,8 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     try:
         cfg = TestConfig.from_dict(parse_json_object(args.test_cfg, "--test-cfg"))
     except ValueError as error:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from longtail_seg.cli import script_parser
 from longtail_seg.data.lvis_io import load_json
 from longtail_seg.data.synthetic import generate_dataset
 from longtail_seg.data.synthetic_config import MODES
@@ -23,7 +24,7 @@ from longtail_seg.data.synthetic_lvis import generate_lvis_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--out-dir", required=True, help="dataset folder (annotations/ and images/ go inside)")
     parser.add_argument("--mode", choices=MODES, default="demo", help="demo (default) or lvis (the LVIS rehearsal)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")

@@ -13,14 +13,14 @@ import numpy as np
 
 from longtail_seg.augment.pipeline import build_mosaic
 from longtail_seg.augment.visualize import save_augmented_grid
-from longtail_seg.cli import parse_json_object
+from longtail_seg.cli import parse_json_object, script_parser
 from longtail_seg.data.dataset import LVISDetectionDataset
 from longtail_seg.data.lvis_io import load_json
 from longtail_seg.sampling.repeat_factor import read_repeat_factors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--train-annotations", required=True, help="LVIS-format training annotations")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--repeat-factors", required=True, help="image_repeat_factors.csv (partner probabilities)")

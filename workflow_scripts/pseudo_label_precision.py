@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 
+from longtail_seg.cli import script_parser
 from longtail_seg.data.lvis_io import load_json
 from longtail_seg.io_utils import atomic_write_json
 from longtail_seg.pseudo_labels import pseudo_label_precision, read_frequency_groups
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--pseudo", required=True, help="pseudo-label LVIS JSON (rule pseudo_labels)")
     parser.add_argument("--hidden-gt", required=True, help="the unlabeled split's hidden ground truth (LVIS JSON)")
     parser.add_argument("--category-stats", required=True, help="category_stats.csv (frequency group per category)")

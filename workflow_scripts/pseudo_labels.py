@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from longtail_seg.cli import parse_json_object
+from longtail_seg.cli import parse_json_object, script_parser
 from longtail_seg.data.lvis_io import DatasetError, load_json, load_lvis
 from longtail_seg.inference.config import TestConfig
 from longtail_seg.inference.run import predict_annotation_file
@@ -30,11 +28,11 @@ from longtail_seg.pseudo_labels import (
     read_frequency_groups,
     uncertain_regions,
 )
-from longtail_seg.runtime import resolve_device
+from longtail_seg.runtime import resolve_device, set_torch_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", help="model_final.pth of the teacher (the best retrained model)")
     source.add_argument("--predictions", help="LVIS results JSON of the teacher on the unlabeled images")
@@ -61,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     try:
         frequency_of = read_frequency_groups(args.category_stats)
         unlabeled = load_lvis(args.unlabeled, image_root=args.image_root, require_annotations=False)

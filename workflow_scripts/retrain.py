@@ -24,10 +24,14 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from longtail_seg.augment.pipeline import build_training_data
-from longtail_seg.cli import add_training_run_arguments, finish_training_run, parse_json_object, training_config
+from longtail_seg.cli import (
+    add_training_run_arguments,
+    finish_training_run,
+    parse_json_object,
+    script_parser,
+    training_config,
+)
 from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import RetrainConfig
@@ -38,14 +42,14 @@ from longtail_seg.engine.retrain import (
     retrain_classifier,
 )
 from longtail_seg.models.category_counts import fill_image_counts
-from longtail_seg.runtime import init_distributed_mode
+from longtail_seg.runtime import init_distributed_mode, set_torch_threads
 
 CATEGORY_STATS = "category_stats.csv"
 IMAGE_REPEAT_FACTORS = "image_repeat_factors.csv"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="representation-learning model_final.pth")
     parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
@@ -82,8 +86,7 @@ def _stats_file(stats_dir: str | None, name: str) -> Path | None:
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     classifier_cfg = parse_json_object(args.classifier_cfg, "--classifier-cfg")
     train_cfg = training_config(RetrainConfig, args.train_cfg, args.run_cfg)
     if train_cfg.sampler == "repeat_factor" and args.stats_dir is None:

@@ -16,10 +16,14 @@ import argparse
 import logging
 import time
 
-import torch
-
 from longtail_seg.augment.pipeline import build_training_data
-from longtail_seg.cli import add_training_run_arguments, finish_training_run, parse_json_object, training_config
+from longtail_seg.cli import (
+    add_training_run_arguments,
+    finish_training_run,
+    parse_json_object,
+    script_parser,
+    training_config,
+)
 from longtail_seg.data.dataset import collate_detection
 from longtail_seg.engine.checkpoint import input_fingerprint
 from longtail_seg.engine.config import TrainConfig
@@ -27,12 +31,12 @@ from longtail_seg.engine.train import train
 from longtail_seg.models.category_counts import fill_image_counts
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.detector import build_detector
-from longtail_seg.runtime import init_distributed_mode, seed_everything
+from longtail_seg.runtime import init_distributed_mode, seed_everything, set_torch_threads
 from longtail_seg.sampling import build_sampler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--train-annotations", required=True, help="LVIS/COCO-format training annotation JSON")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--repeat-factors", help="image_repeat_factors.csv (needed for sampler: repeat_factor)")
@@ -49,8 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     model_cfg = resolve_model_cfg(parse_json_object(args.model_cfg, "--model-cfg"))
     train_cfg = training_config(TrainConfig, args.train_cfg, args.run_cfg)
     rank, world_size, device = init_distributed_mode(args.device)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+from longtail_seg.cli import script_parser
 from longtail_seg.evaluation.viewer import save_viewer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--annotations", required=True, help="LVIS-format ground truth of the predicted split")
     parser.add_argument("--image-root", required=True, help="folder the images' file names are relative to")
     parser.add_argument("--predictions", nargs="+", required=True, help="LVIS results JSON per model")

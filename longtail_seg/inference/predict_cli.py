@@ -72,13 +72,11 @@ test_config_from_args.__test__ = False  # not a pytest test
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run predict; a refused input exits with its message (exit status 2 for bad arguments, 1 otherwise)."""
     args = parse_args(argv)
-    import torch
 
     from longtail_seg.inference.new_images import PredictInputError, predict_new_images
-    from longtail_seg.runtime import resolve_device
+    from longtail_seg.runtime import resolve_device, set_torch_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     try:
         cfg = test_config_from_args(args)
         summary = predict_new_images(args.model, args.images, args.out, cfg, resolve_device(args.device),

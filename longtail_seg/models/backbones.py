@@ -163,13 +163,10 @@ def _pretrainable_body(name: str, fpn_channels: int, pretrained: bool, local_wei
                        trainable_layers: int | None, norm: str | None) -> tuple[nn.Module, list[int], nn.Module | None]:
     """(body, its stage channels, torchvision's FPN or None) of a torchvision or timm backbone, with its norm and
     frozen stages; the defaults are those of a backbone that starts from ImageNet weights when it does."""
-    imagenet = pretrained or local_weights
-    norm = norm or ("frozen_bn" if imagenet else "bn")
+    norm, trainable_layers = norm_and_trainable_layers(pretrained or local_weights, norm, trainable_layers)
     norm_layers = {"bn": nn.BatchNorm2d, "frozen_bn": misc_nn_ops.FrozenBatchNorm2d}
     if norm not in norm_layers:
         raise ValueError(f"unknown model.norm {norm!r}; choose 'bn' or 'frozen_bn'")
-    if trainable_layers is None:
-        trainable_layers = 3 if imagenet else 5
     try:
         if name.startswith(TIMM_PREFIX):
             body = TimmBody(name[len(TIMM_PREFIX):], pretrained=pretrained)
@@ -191,6 +188,27 @@ def _pretrainable_body(name: str, fpn_channels: int, pretrained: bool, local_wei
     channels = [inner[0].in_channels for inner in backbone.fpn.inner_blocks]
     # torchvision fixes 256 FPN channels: another width gets a new FPN
     return backbone.body, channels, backbone.fpn if fpn_channels == backbone.out_channels else None
+
+
+def norm_and_trainable_layers(imagenet: bool, norm: str | None, trainable_layers: int | None) -> tuple[str, int]:
+    """(norm, trainable layers) of a torchvision / timm body: the given ones, else those of a body that starts from
+    ImageNet weights (frozen BatchNorm, the last 3 layers trained, as in torchvision) or from scratch (BatchNorm, all
+    5)."""
+    norm = norm or ("frozen_bn" if imagenet else "bn")
+    return norm, (3 if imagenet else 5) if trainable_layers is None else trainable_layers
+
+
+def rebuild_cfg(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config that rebuilds a trained model around its own weights: no ImageNet weights downloaded or read
+    again, but the norm layers and frozen stages that starting from them gave it (``FrozenBatchNorm2d`` stays
+    ``FrozenBatchNorm2d``, and a retrained or fine-tuned model freezes what training froze)."""
+    imagenet = bool(model_cfg.get("pretrained_backbone")) or model_cfg.get("backbone_weights") is not None
+    rebuilt = dict(model_cfg, pretrained_backbone=False, backbone_weights=None)
+    if imagenet and model_cfg.get("backbone") != "tiny":  # the tiny body has neither option
+        norm, layers = norm_and_trainable_layers(True, model_cfg.get("norm"),
+                                                 model_cfg.get("trainable_backbone_layers"))
+        rebuilt.update(norm=norm, trainable_backbone_layers=layers)
+    return rebuilt
 
 
 def body_stages(body: nn.Module) -> list[nn.Module]:

@@ -22,7 +22,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from longtail_seg.io_utils import CorruptFileError, atomic_path, load_torch_file
-from longtail_seg.models.backbones import build_backbone_from_cfg
+from longtail_seg.models.backbones import build_backbone_from_cfg, rebuild_cfg
 from longtail_seg.models.config import resolve_model_cfg
 from longtail_seg.models.roi_heads import build_roi_heads
 
@@ -245,8 +245,9 @@ def load_detector(checkpoint_path: str | os.PathLike, map_location: str | torch.
             "training-state files (checkpoints/last.pth) are not loadable here, use model_final.pth"
         )
     num_classes = payload.get("num_classes", len(payload["category_ids"]))
-    # weights come from the file: never download or read ImageNet weights again for a trained model
-    model = build_detector(dict(payload["model_cfg"], pretrained_backbone=False, backbone_weights=None), num_classes)
+    # weights come from the file: never download or read ImageNet weights again for a trained model, but keep the
+    # frozen BatchNorm and frozen stages they gave it
+    model = build_detector(rebuild_cfg(payload["model_cfg"]), num_classes)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:

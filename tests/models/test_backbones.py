@@ -69,6 +69,41 @@ def _drop(key):
     return lambda state: {k: v for k, v in state.items() if k != key}
 
 
+def _module_types_and_frozen_parameters(model: torch.nn.Module) -> tuple[dict, dict]:
+    return ({name: type(module) for name, module in model.named_modules()},
+            {name: parameter.requires_grad for name, parameter in model.named_parameters()})
+
+
+@pytest.mark.parametrize(("options", "norm_layer"), [
+    ({}, FrozenBatchNorm2d),  # ImageNet start: frozen BatchNorm, 3 trainable layers, as training had them
+    ({"norm": "bn", "trainable_backbone_layers": 2}, torch.nn.BatchNorm2d),  # what the config asked for, kept
+])
+def test_a_reloaded_detector_has_the_norm_layers_and_frozen_stages_it_trained_with(tmp_path, options, norm_layer):
+    weights, _ = _saved_resnet18(tmp_path)
+    cfg = dict(TEST_MODEL_CFG, backbone="resnet18", fpn_channels=8, backbone_weights=str(weights), **options)
+    trained = build_detector(cfg, num_classes=3)
+    checkpoint = tmp_path / "model_final.pth"
+    save_checkpoint(checkpoint, trained, trained.model_cfg, [1, 2, 3])
+    weights.unlink()  # the rebuild reads no ImageNet weights
+    reloaded, _ = load_detector(checkpoint)
+    assert isinstance(reloaded.backbone.body.bn1, norm_layer)
+    assert _module_types_and_frozen_parameters(reloaded) == _module_types_and_frozen_parameters(trained)
+    torch.testing.assert_close(reloaded.state_dict(), trained.state_dict(), rtol=0, atol=0)
+    # and once more from the reloaded model's own checkpoint (what a retrained model_final.pth holds)
+    save_checkpoint(checkpoint, reloaded, reloaded.model_cfg, [1, 2, 3])
+    again, _ = load_detector(checkpoint)
+    assert _module_types_and_frozen_parameters(again) == _module_types_and_frozen_parameters(trained)
+
+
+def test_a_detector_trained_from_scratch_reloads_with_trainable_batch_norm(tmp_path):
+    trained = build_detector(dict(TEST_MODEL_CFG, backbone="resnet18", fpn_channels=8), num_classes=3)
+    checkpoint = tmp_path / "model_final.pth"
+    save_checkpoint(checkpoint, trained, trained.model_cfg, [1, 2, 3])
+    reloaded, _ = load_detector(checkpoint)
+    assert isinstance(reloaded.backbone.body.bn1, torch.nn.BatchNorm2d)
+    assert _module_types_and_frozen_parameters(reloaded) == _module_types_and_frozen_parameters(trained)
+
+
 @pytest.mark.parametrize("transform, message", [
     (_drop("layer2.0.conv1.weight"), r"1 missing keys \(e.g. \['layer2.0.conv1.weight'\]\)"),
     (lambda s: {**s, "extra.weight": torch.zeros(2)}, r"1 unexpected keys \(e.g. \['extra.weight'\]\)"),
