@@ -28,8 +28,10 @@ from longtail_seg.evaluation.lvis_eval import (
     LVIS_MAX_DETS_PER_IMAGE,
     Results,
     evaluate_detections,
+    has_mask_scores,
     load_detections,
     load_results,
+    results_with_mask_scores,
     run_evaluator,
     summary_metrics,
 )
@@ -106,15 +108,40 @@ def evaluate_protocol(
         raise ValueError(f"protocol {protocol!r} includes boundary AP, which needs masks: add segm to the IoU types")
     metrics: dict[str, dict[str, float | None]] = {iou_type: {} for iou_type in iou_types}
     count = 0
+    if source is None and not isinstance(results, list):
+        source = results  # errors name the file also when its masks are re-ranked in memory
+    for types, typed_results in results_per_score(results, iou_types):
+        count = _evaluate_variants(gt, typed_results, protocol, types, max_dets, dets_per_category, source,
+                                   evaluators, metrics) or count
+    return metrics, count
+
+
+def results_per_score(results: Results, iou_types: tuple[str, ...]) -> list[tuple[tuple[str, ...], Results]]:
+    """The IoU types and the results they rank: all types on ``score``, except that a MaskIoU head's results
+    (carrying ``mask_score``) have their masks ranked by the mask score (``results_with_mask_scores``)."""
+    if "segm" not in iou_types or not has_mask_scores(results):
+        return [(iou_types, results)]
+    box_types = tuple(iou_type for iou_type in iou_types if iou_type != "segm")
+    groups: list[tuple[tuple[str, ...], Results]] = [(box_types, results)] if box_types else []
+    return groups + [(("segm",), results_with_mask_scores(load_results(results)))]
+
+
+def _evaluate_variants(
+    gt: Any, results: Results, protocol: str, iou_types: tuple[str, ...], max_dets: int, dets_per_category: int,
+    source: str | os.PathLike | None, evaluators: dict[str, Any] | None, metrics: dict[str, dict],
+) -> int:
+    """Fill ``metrics`` with every variant of ``protocol`` for ``iou_types`` (boundary ones need segm among them);
+    return the number of results read by the standard pass."""
+    count = 0
     for fixed in (False, True):
-        variants = [(suffix, boundary) for suffix, f, boundary in VARIANTS[protocol] if f == fixed]
+        variants = [(suffix, boundary) for suffix, f, boundary in VARIANTS[protocol]
+                    if f == fixed and (not boundary or "segm" in iou_types)]
         if not variants:
             continue
         if fixed:
-            name = source if source is not None else results if not isinstance(results, list) else None
             payload: Results = top_per_category(load_results(results), dets_per_category)
             cap = max(len(payload), 1)  # no per-image cap
-            detections = load_detections(gt, payload, iou_types, cap, name)
+            detections = load_detections(gt, payload, iou_types, cap, source)
         else:
             cap = max_dets
             detections = load_detections(gt, results, iou_types, cap, source)
@@ -129,4 +156,4 @@ def evaluate_protocol(
                 values = evaluate_detections(gt, detections, iou_types, cap)
             for iou_type, named in values.items():
                 metrics[iou_type].update({key + suffix: value for key, value in named.items()})
-    return metrics, count
+    return count
