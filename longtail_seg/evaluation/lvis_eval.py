@@ -376,15 +376,23 @@ def evaluate_lvis(
         raise ValueError(f"unknown iou types {sorted(unknown)}; choose from {IOU_TYPES}")
     is_path = isinstance(gt_json_path, (str, os.PathLike))
     gt = load_ground_truth(gt_json_path) if is_path else gt_json_path
-    if "segm" in iou_types and has_mask_scores(results):  # a MaskIoU head's: segm ranks by the mask score
-        metrics = {}
-        for iou_type in iou_types:
-            typed = results_with_mask_scores(load_results(results)) if iou_type == "segm" else results
-            detections = load_detections(gt, typed, (iou_type,), int(max_dets), source or _source_name(results))
-            metrics[iou_type] = _evaluate_one(gt, detections.results, iou_type, int(max_dets))
-        return metrics
-    detections = load_detections(gt, results, iou_types, int(max_dets), source)
-    return evaluate_detections(gt, detections, iou_types, int(max_dets))
+    if source is None and not isinstance(results, list):
+        source = results  # errors name the file also when its masks are re-ranked in memory
+    metrics: dict[str, dict[str, float | None]] = {}
+    for types, typed_results in results_per_score(results, iou_types):
+        detections = load_detections(gt, typed_results, types, int(max_dets), source)
+        metrics.update(evaluate_detections(gt, detections, types, int(max_dets)))
+    return {iou_type: metrics[iou_type] for iou_type in iou_types}
+
+
+def results_per_score(results: Results, iou_types: tuple[str, ...]) -> list[tuple[tuple[str, ...], Results]]:
+    """The IoU types and the results they rank: all types on ``score``, except that a MaskIoU head's results
+    (carrying ``mask_score``) have their masks ranked by the mask score (``results_with_mask_scores``)."""
+    if "segm" not in iou_types or not has_mask_scores(results):
+        return [(iou_types, results)]
+    box_types = tuple(iou_type for iou_type in iou_types if iou_type != "segm")
+    groups: list[tuple[tuple[str, ...], Results]] = [(box_types, results)] if box_types else []
+    return groups + [(("segm",), results_with_mask_scores(load_results(results)))]
 
 
 def has_mask_scores(results: Results) -> bool:
@@ -402,11 +410,6 @@ def has_mask_scores(results: Results) -> bool:
 def results_with_mask_scores(results: list[dict]) -> list[dict]:
     """The results with ``score`` replaced by their ``mask_score``: what the segm evaluation ranks by."""
     return [{**result, "score": result.get("mask_score", result.get("score"))} for result in results]
-
-
-def _source_name(results: Results) -> str:
-    """How error messages name ``results``."""
-    return IN_MEMORY if isinstance(results, list) else str(results)
 
 
 def evaluate_detections(

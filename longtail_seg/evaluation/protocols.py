@@ -28,10 +28,9 @@ from longtail_seg.evaluation.lvis_eval import (
     LVIS_MAX_DETS_PER_IMAGE,
     Results,
     evaluate_detections,
-    has_mask_scores,
     load_detections,
     load_results,
-    results_with_mask_scores,
+    results_per_score,
     run_evaluator,
     summary_metrics,
 )
@@ -114,16 +113,6 @@ def evaluate_protocol(
         count = _evaluate_variants(gt, typed_results, protocol, types, max_dets, dets_per_category, source,
                                    evaluators, metrics) or count
     return metrics, count
-
-
-def results_per_score(results: Results, iou_types: tuple[str, ...]) -> list[tuple[tuple[str, ...], Results]]:
-    """The IoU types and the results they rank: all types on ``score``, except that a MaskIoU head's results
-    (carrying ``mask_score``) have their masks ranked by the mask score (``results_with_mask_scores``)."""
-    if "segm" not in iou_types or not has_mask_scores(results):
-        return [(iou_types, results)]
-    box_types = tuple(iou_type for iou_type in iou_types if iou_type != "segm")
-    groups: list[tuple[tuple[str, ...], Results]] = [(box_types, results)] if box_types else []
-    return groups + [(("segm",), results_with_mask_scores(load_results(results)))]
 
 
 def _evaluate_variants(
