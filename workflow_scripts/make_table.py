@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from longtail_seg.cli import script_parser
+from longtail_seg.cli import exit_on, script_parser
 from longtail_seg.evaluation.tables import build_table, read_metrics_file, table_to_markdown, write_table
 
 
@@ -18,17 +18,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_metrics(path: str) -> dict:
-    """A metrics.json of workflow_scripts/evaluate.py; a missing or broken one exits naming the file and the fix."""
-    try:
-        return read_metrics_file(path)
-    except ValueError as error:
-        raise SystemExit(f"make_table: {error}") from None
-
-
 def main(args: argparse.Namespace) -> None:
     rows = json.loads(args.rows)
-    table = build_table(rows, [load_metrics(path) for path in args.metrics])
+    with exit_on("make_table", ValueError):  # a missing or broken metrics.json, named with its fix
+        metrics = [read_metrics_file(path) for path in args.metrics]
+    table = build_table(rows, metrics)
     write_table(table, args.out_csv, args.out_md)
     print(table_to_markdown(table))
 

@@ -6,20 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from longtail_seg.cli import exit_on, script_parser
 from longtail_seg.evaluation.replicates import replicate_markdown, replicate_summary, write_replicate_table
 from longtail_seg.evaluation.tables import build_table, read_metrics_file
 
 
-def load_metrics(path: str) -> dict:
-    """A metrics.json of workflow_scripts/evaluate.py; a missing or broken one exits naming the file and the fix."""
-    try:
-        return read_metrics_file(path)
-    except ValueError as error:
-        raise SystemExit(f"replicate_table: {error}") from None
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = script_parser(__doc__)
     parser.add_argument("--rows", required=True, help='JSON list of rows: [{"label": ..., "model": ..., "test": ...}]')
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="the replicate seeds, in order")
     parser.add_argument("--metrics", nargs="+", required=True,
@@ -34,10 +27,10 @@ def main(args: argparse.Namespace) -> None:
     if len(args.metrics) != len(rows) * len(args.seeds):
         raise SystemExit(f"replicate_table: {len(args.metrics)} metrics files for {len(args.seeds)} seeds x "
                          f"{len(rows)} rows; pass one per seed and row, seed by seed")
-    tables = {}
-    for index, seed in enumerate(args.seeds):
-        paths = args.metrics[index * len(rows):(index + 1) * len(rows)]
-        tables[seed] = build_table(rows, [load_metrics(path) for path in paths], decimals=None)
+    with exit_on("replicate_table", ValueError):  # a missing or broken metrics.json, named with its fix
+        metrics = [read_metrics_file(path) for path in args.metrics]
+    tables = {seed: build_table(rows, metrics[index * len(rows):(index + 1) * len(rows)], decimals=None)
+              for index, seed in enumerate(args.seeds)}
     summary = replicate_summary(tables)
     write_replicate_table(summary, args.seeds, args.out_csv, args.out_md)
     print(replicate_markdown(summary, args.seeds))

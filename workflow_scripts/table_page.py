@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 
+from longtail_seg.cli import exit_on, script_parser
 from longtail_seg.report_pages import write_table_page
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--csv", required=True, help="the table as CSV")
     parser.add_argument("--title", required=True, help="the page heading")
     parser.add_argument("--note", default="", help="a line under the heading (what the numbers are)")
@@ -23,10 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    try:
+    with exit_on("table_page", ValueError):
         table = write_table_page(args.csv, args.out, args.title, args.note, args.decimals)
-    except ValueError as error:
-        raise SystemExit(f"table_page: {error}") from None
     print(f"{len(table)} rows of {args.csv} -> {args.out}")
 
 

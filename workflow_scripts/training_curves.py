@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from longtail_seg.cli import script_parser
 from longtail_seg.io_utils import atomic_path
 from longtail_seg.plots import plot_training_curves
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--metrics", required=True, help="metrics.csv of a training run (next to model_final.pth)")
     parser.add_argument("--title", default="", help="figure title (the model and its stage)")
     parser.add_argument("--out-png", required=True)
